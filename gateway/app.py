@@ -1,0 +1,364 @@
+"""The app factory: one `Gateway` per worker process, and all the wiring in one place.
+
+`Gateway` holds the worker's state (current config, router state, metrics, upstream client, cache,
+background tasks); `create_app` puts the raw-ASGI hot path in front of a FastAPI app that serves
+everything else (health, models, metrics, admin) and the OpenAPI spec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway import errors
+from gateway.auth import MASTER, OPEN, Caller, bearer_token, is_master, require_admin
+from gateway.config import ConfigError, Deployment, GatewayConfig, load_file, load_text
+from gateway.errors import GatewayError
+from gateway.health import HealthChecker
+from gateway.litellm_upstream import LiteLLMUpstream
+from gateway.metrics import Metrics
+from gateway.proxy import Call, Proxy, Receive, Scope, Send
+from gateway.reload import ConfigWatcher
+from gateway.router import RouterState
+from gateway.settings import Settings
+from gateway.streaming import StreamTally
+from gateway.tokens import TokenCounter
+from gateway.upstream import OpenAICompatible
+from gateway.usage import Usage, estimate_plain, estimate_stream, parse_plain
+
+log = logging.getLogger("gateway")
+
+SUPERVISOR_ENV = "GATEWAY_SUPERVISOR_PID"
+
+
+class Gateway:
+    """One worker's gateway: config, routing state, clients and background tasks."""
+
+    def __init__(self, settings: Settings, config: GatewayConfig, config_path: Path | None = None) -> None:
+        self.settings = settings
+        self.config = config
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.router = RouterState()
+        self.upstream = OpenAICompatible(settings.upstream_connections)
+        self.tokens = TokenCounter(self.upstream.post_json)
+        self.litellm = LiteLLMUpstream()
+        self.cache: Any = None
+        self.proxy = Proxy(self)
+        self.watcher = (ConfigWatcher(config_path, settings.reload_interval, self.reload_text)
+                        if config_path is not None else None)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
+        self.started_at = time.time()
+        self._apply(config, previous=None)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        await self.upstream.start()
+        for line in self.config.notes:
+            log.info("config: %s", line)
+        if self.config.ignored:
+            log.info("config: ignored LiteLLM keys the gateway does not use: %s", ", ".join(self.config.ignored))
+        if not self.master_key:
+            log.warning("auth is OFF: no general_settings.master_key / GATEWAY_MASTER_KEY; the gateway is open "
+                        "and admin endpoints are disabled")
+        if not (self.settings.redis_url or self.settings.state_redis_url or self.config.cache.redis_url):
+            log.info("no Redis configured: running on in-process defaults (memory cache, local limits)")
+        health = HealthChecker(self.upstream, lambda: self.config, self.settings.health_check_interval,
+                               self.settings.health_check_timeout, self._on_health)
+        self._loops.append(asyncio.create_task(health.run(), name="health-checks"))
+        if self.watcher is not None:
+            self._loops.append(asyncio.create_task(self.watcher.run(), name="config-watcher"))
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_file)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+        log.info("gateway ready: %d aliases, %d deployments (pid %d)", len(self.config.aliases),
+                 len(self.config.deployments), os.getpid())
+
+    async def shutdown(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        await self.upstream.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run work off the hot path, keeping a reference until it finishes."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- config --------------------------------------------------------------------------------------
+
+    @property
+    def master_key(self) -> str | None:
+        return self.config.master_key or self.settings.master_key
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.config.max_request_bytes or self.settings.max_request_bytes
+
+    def _apply(self, new: GatewayConfig, previous: GatewayConfig | None) -> None:
+        self.router.sync(new.deployments)
+        self.metrics.publish_deployments(new.deployments, previous.deployments if previous else ())
+        self.config = new  # one reference swap: requests in flight keep the snapshot they started with
+        for d in new.deployments:
+            self.publish_health(d)
+
+    def reload_text(self, text: str) -> bool:
+        try:
+            new = load_text(text)
+        except ConfigError as exc:
+            self.metrics.reloads.labels("rejected").inc()
+            for problem in exc.problems:
+                log.error("config reload rejected, routes unchanged: %s", problem)
+            return False
+        old = self.config
+        self._apply(new, old)
+        self.metrics.reloads.labels("ok").inc()
+        log.info("config reloaded: %s", ", ".join(f"{a}→{'+'.join(d.id for d in ds)}" for a, ds in new.aliases.items()))
+        return True
+
+    def reload_file(self) -> bool:
+        if self.config_path is None:
+            return False
+        try:
+            text = self.config_path.read_text()
+        except OSError as exc:
+            self.metrics.reloads.labels("rejected").inc()
+            log.error("config reload rejected, routes unchanged: %s: cannot read (%s)", self.config_path, exc.strerror)
+            return False
+        ok = self.reload_text(text)
+        if self.watcher is not None:
+            self.watcher.mark_current()
+        return ok
+
+    # -- auth ----------------------------------------------------------------------------------------
+
+    async def authenticate(self, headers: dict[bytes, bytes], alias: str) -> Caller:
+        master = self.master_key
+        if not master:
+            return OPEN
+        token = bearer_token(headers)
+        if token is None:
+            raise errors.authentication_error("Missing API key: send 'Authorization: Bearer <key>'")
+        if is_master(token, master):
+            return MASTER
+        raise errors.authentication_error("Invalid API key")
+
+    def visible_aliases(self, caller: Caller | None, config: GatewayConfig) -> list[str]:
+        return [a for a in config.aliases if caller is None or caller.may_use(a)]
+
+    # -- health --------------------------------------------------------------------------------------
+
+    def _on_health(self, dep: Deployment, healthy: bool, error: str | None) -> None:
+        if self.router.set_health(dep, healthy, error):
+            if healthy:
+                log.info("deployment %s of %s is healthy again", dep.id, dep.alias)
+            else:
+                log.warning("deployment %s of %s failed its health check (%s): taken out of routing",
+                            dep.id, dep.alias, error)
+        self.publish_health(dep)
+
+    def publish_health(self, dep: Deployment) -> None:
+        st = self.router.state(dep)
+        up = st.healthy and st.cooldown_until <= self.router.clock()
+        self.metrics.healthy.labels(dep.alias, dep.id).set(1 if up else 0)
+
+    # -- accounting (after the response is out) -------------------------------------------------------
+
+    def record_usage(self, call: Call, dep: Deployment, usage: Usage) -> float:
+        self.router.state(dep).note_tokens(dep, usage.total, self.router.clock())
+        return self.metrics.record_tokens(dep, usage.prompt_tokens, usage.completion_tokens, call.team, call.key,
+                                          usage.estimated)
+
+    def after_plain(self, call: Call, dep: Deployment, body: bytes) -> None:
+        data, usage = parse_plain(body)
+        if usage is None:
+            usage = estimate_plain(call.body, data)
+        self.record_usage(call, dep, usage)
+        if self.cache is not None and call.cache_status == "miss":
+            self.spawn(self.cache_store(call, body))
+
+    def after_stream(self, call: Call, dep: Deployment, tally: StreamTally) -> None:
+        now = time.perf_counter()
+        if call.first_byte_at is not None:
+            self.metrics.ttft.labels(dep.alias, dep.id).observe(call.first_byte_at - call.started)
+            if tally.events > 2:
+                self.metrics.itl.labels(dep.alias, dep.id).observe((now - call.first_byte_at) / (tally.events - 1))
+        if tally.usage is not None:
+            usage = Usage(int(tally.usage.get("prompt_tokens") or 0), int(tally.usage.get("completion_tokens") or 0),
+                          False)
+            self.record_usage(call, dep, usage)
+        elif tally.events:
+            self.spawn(self._estimate_stream(call, dep, tally))
+
+    async def _estimate_stream(self, call: Call, dep: Deployment, tally: StreamTally) -> None:
+        usage, text = estimate_stream(call.body, tally)
+        completion = await self.tokens.count(dep.id, dep.api_base if dep.native else None, dep.served_model, text,
+                                             dep.api_key, usage.completion_tokens)
+        self.record_usage(call, dep, Usage(usage.prompt_tokens, completion, True))
+
+    # -- cache hooks (wired when the cache is enabled) ------------------------------------------------
+
+    async def cache_lookup(self, call: Call, send: Send) -> bool:
+        return False
+
+    async def cache_store(self, call: Call, body: bytes) -> None:
+        return None
+
+
+def _error_response(exc: GatewayError) -> JSONResponse:
+    return JSONResponse(orjson.loads(exc.body()), status_code=exc.status, headers=exc.headers)
+
+
+def create_fastapi(gw: Gateway) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gw.startup()
+        try:
+            yield
+        finally:
+            await gw.shutdown()
+
+    api = FastAPI(title="oss-gateway", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible gateway for open-weight models")
+    api.state.gateway = gw
+
+    @api.exception_handler(GatewayError)
+    async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        return _error_response(exc)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+        return _error_response(GatewayError(exc.status_code, str(exc.detail), type_, None,
+                                            "not_found" if exc.status_code == 404 else None))
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(x) for x in first.get("loc", ()) if x not in ("body", "query"))
+        return _error_response(errors.invalid_request(f"{loc or 'request'}: {first.get('msg', 'invalid')}",
+                                                      loc or None))
+
+    @api.get("/health/live", tags=["health"])
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/health/ready", tags=["health"])
+    async def ready() -> Response:
+        problems = await gw_ready_problems(gw)
+        if problems:
+            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready", "config": gw.config.digest, "aliases": list(gw.config.aliases)})
+
+    @api.get("/health/deployments", tags=["health"])
+    async def deployments() -> dict[str, Any]:
+        return {"deployments": gw.router.report(gw.config)}
+
+    def models_payload(caller: Caller) -> dict[str, Any]:
+        created = int(gw.started_at)
+        return {"object": "list", "data": [
+            {"id": a, "object": "model", "created": created, "owned_by": "oss-gateway"}
+            for a in gw.visible_aliases(caller, gw.config)]}
+
+    @api.get("/v1/models", tags=["openai"])
+    async def list_models(request: Request) -> dict[str, Any]:
+        return models_payload(await gw.authenticate(dict(request.scope["headers"]), ""))
+
+    @api.get("/models", include_in_schema=False)
+    async def list_models_bare(request: Request) -> dict[str, Any]:
+        return models_payload(await gw.authenticate(dict(request.scope["headers"]), ""))
+
+    @api.get("/v1/models/{model_id}", tags=["openai"])
+    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+        caller = await gw.authenticate(dict(request.scope["headers"]), model_id)
+        if model_id not in gw.config.aliases or not caller.may_use(model_id):
+            raise errors.model_not_found(model_id, gw.visible_aliases(caller, gw.config))
+        return {"id": model_id, "object": "model", "created": int(gw.started_at), "owned_by": "oss-gateway"}
+
+    @api.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @api.post("/admin/reload", tags=["admin"])
+    async def admin_reload(request: Request) -> Response:
+        require_admin(dict(request.scope["headers"]), gw.master_key)
+        ok = gw.reload_file()
+        if ok:
+            supervisor = os.environ.get(SUPERVISOR_ENV)
+            if supervisor and supervisor.isdigit() and int(supervisor) == os.getppid():
+                os.kill(int(supervisor), signal.SIGHUP)  # the supervisor tells every worker
+            return JSONResponse({"status": "reloaded", "config": gw.config.digest,
+                                 "aliases": {a: [d.id for d in ds] for a, ds in gw.config.aliases.items()}})
+        return _error_response(errors.invalid_request("Config rejected; the running routes are unchanged. "
+                                                      "See the gateway log for the YAML paths of the problems."))
+
+    from gateway.schemas import declare_openai_routes
+
+    declare_openai_routes(api)
+    return api
+
+
+async def gw_ready_problems(gw: Gateway) -> list[str]:
+    problems: list[str] = []
+    if not gw.config.aliases:
+        problems.append("no routes loaded")
+    if gw.cache is not None and hasattr(gw.cache, "redis_up") and not gw.cache.redis_up:
+        problems.append("cache Redis unreachable")
+    return problems
+
+
+class GatewayASGI:
+    """Raw-ASGI dispatch: the OpenAI POST endpoints go straight to the proxy, the rest to FastAPI."""
+
+    HOT = {
+        "/v1/chat/completions": "chat", "/chat/completions": "chat",
+        "/v1/completions": "completions", "/completions": "completions",
+        "/v1/embeddings": "embeddings", "/embeddings": "embeddings",
+    }
+
+    def __init__(self, gw: Gateway, api: FastAPI) -> None:
+        self.gw = gw
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.HOT.get(scope["path"])
+            if endpoint is not None:
+                await self.gw.proxy(endpoint, scope, receive, send)
+                return
+        await self.api(scope, receive, send)
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    path = settings.config
+    config = load_file(path)
+    return Gateway(settings, config, path)
+
+
+def create_app(settings: Settings | None = None, gateway: Gateway | None = None) -> GatewayASGI:
+    settings = settings or Settings()
+    gw = gateway or build_gateway(settings)
+    return GatewayASGI(gw, create_fastapi(gw))
+
+
+def create_app_from_env() -> GatewayASGI:
+    """uvicorn factory: settings from GATEWAY_* (the CLI puts its flags there for worker processes)."""
+    return create_app(Settings())

@@ -1,0 +1,436 @@
+"""The hot path: POST /v1/chat/completions, /v1/completions and /v1/embeddings as raw ASGI.
+
+read body (bounded) ▶ parse once ▶ validate ▶ auth ▶ alias ▶ [cache] ▶ pick deployment ▶ upstream
+  ◀ bytes, or SSE events as they arrive ◀ tokens and cost recorded after the response is out
+Retries go to another deployment of the alias; then `fallbacks` move to other aliases;
+`context_window_fallbacks` move before sending when the prompt is over `max_input_tokens`, and
+after an upstream's context-length error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway import errors
+from gateway.config import Deployment, GatewayConfig
+from gateway.errors import GatewayError
+from gateway.metrics import UNKNOWN_ALIAS
+from gateway.protocol import error_for_status, parse_json_body, validate
+from gateway.router import NoDeployment
+from gateway.streaming import DONE, StreamTally, error_event, split_complete
+from gateway.tokens import estimate_prompt_tokens
+from gateway.upstream import UpstreamError, UpstreamStream, upstream_message
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+    from gateway.auth import Caller
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("gateway.proxy")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+JSON_CT = (b"content-type", b"application/json")
+
+
+class ClientGone(Exception):
+    """The client disconnected; nothing more can be sent."""
+
+
+class _AliasExhausted(Exception):
+    def __init__(self, error: GatewayError, reason: str) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.reason = reason
+
+
+class _ContextExceeded(Exception):
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request as it goes through the gateway."""
+
+    endpoint: str
+    request_id: str
+    started: float
+    headers: dict[bytes, bytes]
+    body: dict[str, Any] = field(default_factory=dict)
+    alias: str = UNKNOWN_ALIAS
+    stream: bool = False
+    wants_usage: bool = False
+    caller: Caller | None = None
+    cache_status: str = "bypass"
+    deployment: Deployment | None = None
+    upstream_wait: float = 0.0
+    first_byte_at: float | None = None
+    status: int = 200
+    response_started: bool = False
+    client_gone: bool = False
+    prompt_estimate: int | None = None
+
+    @property
+    def team(self) -> str:
+        return self.caller.team if self.caller else ""
+
+    @property
+    def key(self) -> str:
+        return self.caller.key_alias if self.caller else ""
+
+
+async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise errors.body_too_large(limit)
+    msg = await receive()
+    if msg["type"] == "http.disconnect":
+        raise ClientGone
+    body = msg.get("body", b"")
+    if not msg.get("more_body", False):
+        if len(body) > limit:
+            raise errors.body_too_large(limit)
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise errors.body_too_large(limit)
+        parts.append(chunk)
+        if not msg.get("more_body", False):
+            return b"".join(parts)
+
+
+class Proxy:
+    """Serves the OpenAI endpoints for one worker's `Gateway`."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    # -- ASGI entry ---------------------------------------------------------------------------------
+
+    async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        rid = headers.get(b"x-request-id")
+        call = Call(endpoint=endpoint, request_id=rid.decode("latin-1")[:128] if rid else secrets.token_hex(12),
+                    started=time.perf_counter(), headers=headers)
+        watcher: asyncio.Task[None] | None = None
+        try:
+            try:
+                raw = await read_body(receive, headers, self.gw.max_request_bytes)
+                call.body = parse_json_body(raw)
+                call.alias = validate(endpoint, call.body)
+                call.caller = await self.gw.authenticate(headers, call.alias)
+                call.stream = call.body.get("stream") is True
+                so = call.body.get("stream_options")
+                call.wants_usage = isinstance(so, dict) and so.get("include_usage") is True
+                # a client that goes away cancels the upstream request (GPU time is money)
+                task = asyncio.current_task()
+                assert task is not None
+                watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive, call, task))
+                await self._serve(call, send)
+            except GatewayError as exc:
+                call.status = exc.status
+                if not call.response_started:
+                    await self._send_error(send, call, exc)
+                else:
+                    await self._end_stream_with_error(send, exc)
+        except ClientGone:
+            call.status = 499
+        except asyncio.CancelledError:
+            if not call.client_gone:
+                raise
+            call.status = 499
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+        except Exception:  # noqa: BLE001 - last resort: a clean 500, details only in our log
+            log.exception("request %s failed inside the gateway", call.request_id)
+            call.status = 500
+            if not call.response_started:
+                await self._send_error(send, call, GatewayError(500, "Internal gateway error (request id "
+                                                                     f"{call.request_id})", "internal_error"))
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            self._record_request(call)
+
+    async def _watch_disconnect(self, receive: Receive, call: Call, task: asyncio.Task[None]) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                call.client_gone = True
+                task.cancel()
+                return
+
+    # -- routing -------------------------------------------------------------------------------------
+
+    async def _serve(self, call: Call, send: Send) -> None:
+        config = self.gw.config  # this request finishes on the routes it started with
+        if call.alias not in config.aliases:
+            requested, call.alias = call.alias, UNKNOWN_ALIAS  # never a label value
+            raise errors.model_not_found(requested, self.gw.visible_aliases(call.caller, config))
+        if self.gw.cache is not None:
+            if await self.gw.cache_lookup(call, send):
+                return
+        chain: list[tuple[str, str | None]] = [(call.alias, None)]
+        visited: set[str] = set()
+        last_error: GatewayError | None = None
+        prev = call.alias
+        while chain:
+            alias, reason = chain.pop(0)
+            if alias in visited or alias not in config.aliases:
+                continue
+            visited.add(alias)
+            if reason is not None:
+                self.gw.metrics.fallbacks.labels(prev, alias, reason).inc()
+            prev = alias
+            deployments = config.aliases[alias]
+            fits = self._fitting(call, deployments)
+            if not fits:
+                last_error = self._context_error(call, deployments)
+                chain[:0] = [(a, "context_window") for a in config.router.context_window_fallbacks.get(alias, ())]
+                continue
+            try:
+                await self._attempts(call, send, config, alias, fits)
+                return
+            except _ContextExceeded as exc:
+                last_error = exc.error
+                chain[:0] = [(a, "context_window") for a in config.router.context_window_fallbacks.get(alias, ())]
+            except _AliasExhausted as exc:
+                last_error = exc.error
+                more = config.router.fallbacks.get(alias)
+                if more is None and alias == call.alias:
+                    more = config.router.default_fallbacks
+                chain.extend((a, exc.reason) for a in more or ())
+        assert last_error is not None
+        raise last_error
+
+    def _fitting(self, call: Call, deployments: tuple[Deployment, ...]) -> tuple[Deployment, ...]:
+        if call.endpoint == "embeddings" or all(d.max_input_tokens is None for d in deployments):
+            return deployments
+        if call.prompt_estimate is None:
+            call.prompt_estimate = estimate_prompt_tokens(call.body)
+        n = call.prompt_estimate
+        return tuple(d for d in deployments if d.max_input_tokens is None or n <= d.max_input_tokens)
+
+    def _context_error(self, call: Call, deployments: tuple[Deployment, ...]) -> GatewayError:
+        limit = max(d.max_input_tokens or 0 for d in deployments)
+        return errors.invalid_request(
+            f"This model's maximum context length is {limit} tokens; the request's prompt is about "
+            f"{call.prompt_estimate} tokens and no larger-context fallback is configured for '{call.alias}'.",
+            "messages" if call.endpoint == "chat" else "prompt",
+            "context_length_exceeded",
+        )
+
+    async def _attempts(self, call: Call, send: Send, config: GatewayConfig, alias: str,
+                        deployments: tuple[Deployment, ...]) -> None:
+        router = self.gw.router
+        settings = config.router
+        tried: set[str] = set()
+        last: UpstreamError | None = None
+        last_dep: Deployment | None = None
+        for attempt in range(settings.num_retries + 1):
+            try:
+                dep = router.pick(alias, deployments, settings.routing_strategy, tried)
+            except NoDeployment as nd:
+                if last is None:
+                    if nd.reason == "rate_limited":
+                        raise _AliasExhausted(errors.rate_limited(
+                            f"Every deployment of '{alias}' is at its rpm/tpm/parallel limit", nd.retry_after),
+                            "rate_limited") from None
+                    raise _AliasExhausted(errors.unavailable(
+                        f"No healthy deployment for '{alias}' right now", nd.retry_after), "unhealthy") from None
+                break
+            if attempt > 0 and last is not None and last_dep is not None:
+                self.gw.metrics.retries.labels(alias, last_dep.id, last.reason).inc()
+            tried.add(dep.id)
+            try:
+                await self._send_to(call, send, dep)
+                return
+            except UpstreamError as exc:
+                if exc.context_exceeded:
+                    raise _ContextExceeded(errors.invalid_request(
+                        upstream_message(exc.body), "messages" if call.endpoint == "chat" else "prompt",
+                        "context_length_exceeded")) from None
+                if not exc.retryable:
+                    raise error_for_status(exc.status or 400, upstream_message(exc.body)) from None
+                if router.record_failure(dep, settings, len(config.aliases[alias])):
+                    self.gw.metrics.cooldowns.labels(alias, dep.id).inc()
+                    self.gw.publish_health(dep)
+                    log.warning("deployment %s of %s cooled down for %gs after repeated failures (last: %s)",
+                                dep.id, alias, settings.cooldown_time, exc.reason)
+                last, last_dep = exc, dep
+        assert last is not None
+        raise _AliasExhausted(self._final_error(alias, last, len(tried)), last.reason)
+
+    @staticmethod
+    def _final_error(alias: str, last: UpstreamError, attempts: int) -> GatewayError:
+        if last.kind == "timeout":
+            return errors.timed_out(f"The upstream for '{alias}' timed out ({last}).")
+        if last.status == 429:
+            return errors.rate_limited(f"Every deployment of '{alias}' is rate limited upstream (HTTP 429).",
+                                       last.retry_after or 1.0)
+        what = f"HTTP {last.status}" if last.kind == "status" else str(last)
+        return errors.upstream_failed(
+            f"The upstream for '{alias}' failed after {attempts} attempt{'s' if attempts != 1 else ''} "
+            f"(last error: {what}).")
+
+    # -- one upstream attempt ------------------------------------------------------------------------
+
+    def _upstream_body(self, call: Call, dep: Deployment) -> bytes:
+        body = dict(call.body)
+        body["model"] = dep.served_model
+        body.pop("cache", None)
+        if call.stream and not call.wants_usage:
+            so = body.get("stream_options")
+            body["stream_options"] = {**so, "include_usage": True} if isinstance(so, dict) else {"include_usage": True}
+        return orjson.dumps(body)
+
+    async def _send_to(self, call: Call, send: Send, dep: Deployment) -> None:
+        gw = self.gw
+        st = gw.router.state(dep)
+        st.in_flight += 1
+        st.note_request(dep, gw.router.clock())
+        gauge = gw.metrics.in_flight.labels(dep.alias, dep.id)
+        gauge.inc()
+        call.deployment = dep
+        try:
+            if not dep.native:
+                await gw.litellm.serve(call, send, dep, self)
+            elif call.stream:
+                await self._stream(call, send, dep)
+            else:
+                await self._plain(call, send, dep)
+        finally:
+            st.in_flight -= 1
+            gauge.dec()
+
+    def response_headers(self, call: Call, dep: Deployment | None, base: list[tuple[bytes, bytes]]) -> list[
+            tuple[bytes, bytes]]:
+        hs = [*base, (b"x-request-id", call.request_id.encode("latin-1")),
+              (b"x-gateway-cache", call.cache_status.upper().replace("_", "-").encode())]
+        if dep is not None:
+            hs.append((b"x-gateway-deployment", dep.id.encode("latin-1", "replace")))
+        return hs
+
+    async def _plain(self, call: Call, send: Send, dep: Deployment) -> None:
+        reply = await self.gw.upstream.request(dep, call.endpoint, self._upstream_body(call, dep), call.request_id)
+        call.upstream_wait += reply.elapsed
+        await self.send_json(send, call, dep, reply.body)
+        self.gw.after_plain(call, dep, reply.body)
+
+    async def send_json(self, send: Send, call: Call, dep: Deployment | None, body: bytes) -> None:
+        call.response_started = True
+        headers = self.response_headers(call, dep, [JSON_CT, (b"content-length", str(len(body)).encode())])
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        call.first_byte_at = time.perf_counter()
+
+    async def _stream(self, call: Call, send: Send, dep: Deployment) -> None:
+        upstream: UpstreamStream = await self.gw.upstream.stream(
+            dep, call.endpoint, self._upstream_body(call, dep), call.request_id,
+            dep.stream_timeout or self.gw.config.router.stream_timeout)
+        call.upstream_wait += upstream.first_byte_elapsed
+        tally = StreamTally(strip_usage=not call.wants_usage)
+        try:
+            await self.start_stream(send, call, dep)
+            await self.pump(call, send, upstream, tally)
+        finally:
+            if tally.done:
+                upstream.release()
+            else:
+                upstream.close()
+            self.gw.after_stream(call, dep, tally)
+
+    async def start_stream(self, send: Send, call: Call, dep: Deployment | None) -> None:
+        call.response_started = True
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": self.response_headers(call, dep, SSE_HEADERS)})
+
+    async def pump(self, call: Call, send: Send, upstream: UpstreamStream, tally: StreamTally) -> None:
+        """Forward complete SSE events as they arrive."""
+        buf = upstream.first
+        piece = buf
+        while True:
+            if piece:
+                complete, buf = split_complete(buf)
+                if complete:
+                    out = tally.process(complete)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                        if call.first_byte_at is None:
+                            call.first_byte_at = time.perf_counter()
+            try:
+                piece = await upstream.read()
+            except UpstreamError as exc:
+                call.status = 502 if exc.kind != "timeout" else 504
+                log.warning("stream %s from %s broke after the first byte: %s", call.request_id,
+                            call.deployment.id if call.deployment else "?", exc)
+                await send({"type": "http.response.body", "more_body": False,
+                            "body": error_event(f"The upstream stream for '{call.alias}' broke: {exc}",
+                                                "upstream_error" if exc.kind != "timeout" else "timeout")})
+                return
+            if not piece:
+                break
+            buf += piece
+        tail = tally.process(buf) if buf.strip() else b""
+        if not tally.done:
+            tail += DONE
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    # -- errors and accounting -----------------------------------------------------------------------
+
+    async def _send_error(self, send: Send, call: Call, exc: GatewayError) -> None:
+        body = exc.body()
+        headers = self.response_headers(call, None, [JSON_CT, (b"content-length", str(len(body)).encode()),
+                                                      *exc.header_list()])
+        try:
+            await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        except OSError:
+            pass
+
+    async def _end_stream_with_error(self, send: Send, exc: GatewayError) -> None:
+        try:
+            await send({"type": "http.response.body", "body": error_event(exc.message, exc.type, exc.code),
+                        "more_body": False})
+        except OSError:
+            pass
+
+    def _record_request(self, call: Call) -> None:
+        gw = self.gw
+        m = gw.metrics
+        now = time.perf_counter()
+        status_class = f"{call.status // 100}xx"
+        m.requests.labels(call.alias, status_class, call.cache_status, call.team, call.key).inc()
+        dep_id = call.deployment.id if call.deployment else ""
+        if call.status < 400 or call.response_started:
+            m.duration.labels(call.alias, dep_id, "true" if call.stream else "false").observe(now - call.started)
+        until = call.first_byte_at if call.first_byte_at is not None else now
+        m.overhead.labels(call.alias).observe(max(0.0, until - call.started - call.upstream_wait))
+        if call.status >= 500:
+            log.warning("request %s alias=%s deployment=%s status=%d", call.request_id, call.alias, dep_id or "-",
+                        call.status)

@@ -1,0 +1,33 @@
+"""Process settings from the environment (GATEWAY_*), validated once at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every field is read from `GATEWAY_<NAME>`; the README lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    config: Path = Field(Path("router.yaml"), description="path of router.yaml")
+    host: str = "0.0.0.0"
+    port: int = Field(4000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    redis_url: str | None = Field(None, description="Redis for the response cache (may evict)")
+    state_redis_url: str | None = Field(
+        None, description="Redis for keys, spend, limits and the ledger (must not evict); defaults to redis_url"
+    )
+    master_key: str | None = Field(None, description="used when router.yaml sets no general_settings.master_key")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    reload_interval: float = Field(0.25, gt=0, description="seconds between checks of router.yaml")
+    health_check_interval: float = Field(5.0, gt=0, description="seconds between deployment health checks")
+    health_check_timeout: float = Field(3.0, gt=0)
+    grace_period: float = Field(30.0, ge=0, description="SIGTERM: seconds to finish in-flight requests")
+    upstream_connections: int = Field(1000, ge=1, description="connection pool size per worker")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    metrics_dir: Path | None = Field(None, description="prometheus multiprocess dir (made and cleaned at start)")

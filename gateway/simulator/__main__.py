@@ -1,0 +1,3 @@
+from gateway.simulator.cli import main
+
+main()

@@ -1,0 +1,143 @@
+"""`gateway-sim` / `python -m gateway.simulator`: run the upstream simulator."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from collections.abc import Sequence
+
+from gateway.simulator.config import ERROR_STYLES, FAULTS, SimConfig, SimOptions, parse_fault
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gateway-sim",
+        description="OpenAI-compatible upstream that behaves like vLLM's server, for tests and benchmarks.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--model",
+        "--served-model-name",
+        dest="models",
+        action="append",
+        metavar="NAME",
+        help="served model name (repeatable; default sim-model); the first is the default",
+    )
+    p.add_argument(
+        "--strict-models", action="store_true", help="404 for models not served (default: accept any)"
+    )
+    p.add_argument("--max-model-len", type=int, default=8192, help="context window in tokens (default 8192)")
+    p.add_argument(
+        "--default-tokens",
+        type=int,
+        default=16,
+        help="completion tokens when the request has no max_tokens (default 16)",
+    )
+    p.add_argument("--embedding-dim", type=int, default=384, help="embedding dimensions (default 384)")
+    p.add_argument("--ttft", type=float, default=0.0, help="seconds to first token (default 0)")
+    p.add_argument("--tps", type=float, default=0.0, help="tokens per second after the first (0 = no delay)")
+    p.add_argument("--fault", choices=("none", *FAULTS), default="none", help="fault injected into requests")
+    p.add_argument("--fault-rate", type=float, default=1.0, help="share of requests that get --fault (0..1)")
+    p.add_argument(
+        "--fault-after-tokens",
+        type=int,
+        default=None,
+        help="streaming: fire the fault after N token chunks (drop/reset default 0; -1 = before "
+        "the response)",
+    )
+    p.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds of the 429 fault")
+    p.add_argument(
+        "--no-stream-usage",
+        action="store_true",
+        help="like llama.cpp's server: ignore stream_options.include_usage",
+    )
+    p.add_argument(
+        "--error-style",
+        choices=ERROR_STYLES,
+        default="flat",
+        help='error body: flat = vLLM {"object":"error",...} (default), nested = {"error":{...}}',
+    )
+    p.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=256,
+        help="requests generating at once; more wait (vllm:num_requests_waiting)",
+    )
+    p.add_argument(
+        "--kv-cache-tokens",
+        type=int,
+        default=65536,
+        help="KV cache capacity in tokens, for vllm:kv_cache_usage_perc",
+    )
+    p.add_argument(
+        "--no-dcgm",
+        dest="dcgm",
+        action="store_false",
+        help="do not serve the DCGM_FI_DEV_* GPU series on /metrics (served by default)",
+    )
+    p.add_argument("--dcgm", dest="dcgm", action="store_true", help="serve the DCGM series (the default)")
+    p.add_argument(
+        "--gpu-index",
+        dest="gpu_indices",
+        type=int,
+        action="append",
+        metavar="N",
+        help="GPU index in the dcgm series (repeatable for several GPUs; default 0)",
+    )
+    p.add_argument("--gpu-model", default="NVIDIA H100 80GB HBM3", help="dcgm modelName label")
+    p.add_argument("--gpu-memory-mib", type=int, default=81559, help="GPU frame buffer size in MiB")
+    p.add_argument("--hostname", default=socket.gethostname(), help="dcgm Hostname label")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault-rate dice")
+    p.add_argument(
+        "--shutdown-timeout", type=float, default=1.0, help="seconds to let requests finish on SIGTERM/SIGINT"
+    )
+    p.set_defaults(dcgm=True)
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> SimOptions:
+    config = SimConfig(
+        fault=parse_fault(args.fault),
+        fault_rate=args.fault_rate,
+        fault_after_tokens=args.fault_after_tokens,
+        ttft=args.ttft,
+        tps=args.tps,
+        no_stream_usage=args.no_stream_usage,
+        retry_after=args.retry_after,
+        default_tokens=args.default_tokens,
+        max_model_len=args.max_model_len,
+    )
+    return SimOptions(
+        models=tuple(args.models or ["sim-model"]),
+        strict_models=args.strict_models,
+        embedding_dim=args.embedding_dim,
+        error_style=args.error_style,
+        max_num_seqs=args.max_num_seqs,
+        kv_cache_tokens=args.kv_cache_tokens,
+        dcgm=args.dcgm,
+        gpu_indices=tuple(args.gpu_indices or [0]),
+        gpu_model=args.gpu_model,
+        gpu_memory_mib=args.gpu_memory_mib,
+        hostname=args.hostname,
+        seed=args.seed,
+        config=config,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        # validate the numbers the same way POST /sim/config does
+        SimConfig().merged(
+            {k: v for k, v in options_from_args(args).config.to_dict().items() if k != "fault"}
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    for flag in ("embedding_dim", "max_num_seqs", "kv_cache_tokens", "gpu_memory_mib"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    from gateway.simulator.server import run
+
+    run(options_from_args(args), args.host, args.port, args.shutdown_timeout)
