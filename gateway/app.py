@@ -56,7 +56,7 @@ class Gateway:
         self.upstream = OpenAICompatible(settings.upstream_connections)
         self.tokens = TokenCounter(self.upstream.post_json)
         self.litellm = LiteLLMUpstream()
-        self.cache: Any = None
+        self.cache: Any = self._build_cache(config)
         self.proxy = Proxy(self)
         self.watcher = (ConfigWatcher(config_path, settings.reload_interval, self.reload_text)
                         if config_path is not None else None)
@@ -69,6 +69,10 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.upstream.start()
+        if self.cache is not None:
+            self.metrics.redis_up.set(1 if self.cache.redis_up else 0)
+            await self.cache.start()
+            log.info("response cache on: %s (%s)", self.config.cache.type, self.cache.backend)
         for line in self.config.notes:
             log.info("config: %s", line)
         if self.config.ignored:
@@ -96,6 +100,8 @@ class Gateway:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         await self.upstream.close()
+        if self.cache is not None:
+            await self.cache.close()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run work off the hot path, keeping a reference until it finishes."""
@@ -113,6 +119,26 @@ class Gateway:
     def max_request_bytes(self) -> int:
         return self.config.max_request_bytes or self.settings.max_request_bytes
 
+    def _build_cache(self, config: GatewayConfig) -> Any:
+        cp = config.cache
+        if not cp.enabled:
+            return None
+        from gateway.cache import CacheSettings, ResponseCache
+
+        local = cp.type.startswith("local")
+        max_temperature = cp.params.get("max_temperature", 0.0)
+        settings = CacheSettings(
+            enabled=True, type=cp.type, ttl=cp.ttl if cp.ttl is not None else CacheSettings.ttl,
+            similarity_threshold=cp.similarity_threshold,
+            redis_url=None if local else (cp.redis_url or self.settings.redis_url),
+            namespace=cp.namespace,
+            max_temperature=float(max_temperature) if isinstance(max_temperature, (int, float)) else 0.0,
+        )
+        cache = ResponseCache.create(settings)
+        cache.on_error = lambda kind, _exc: self.metrics.cache_errors.labels(kind).inc()
+        cache.on_redis_state = lambda up: self.metrics.redis_up.set(1 if up else 0)
+        return cache
+
     def _apply(self, new: GatewayConfig, previous: GatewayConfig | None) -> None:
         self.router.sync(new.deployments)
         self.metrics.publish_deployments(new.deployments, previous.deployments if previous else ())
@@ -129,6 +155,8 @@ class Gateway:
                 log.error("config reload rejected, routes unchanged: %s", problem)
             return False
         old = self.config
+        if new.cache != old.cache:
+            log.warning("config: cache settings changed; they take effect at the next restart")
         self._apply(new, old)
         self.metrics.reloads.labels("ok").inc()
         log.info("config reloaded: %s", ", ".join(f"{a}→{'+'.join(d.id for d in ds)}" for a, ds in new.aliases.items()))
@@ -207,6 +235,10 @@ class Gateway:
             self.record_usage(call, dep, usage)
         elif tally.events:
             self.spawn(self._estimate_stream(call, dep, tally))
+        if self.cache is not None and call.cache_status == "miss" and tally.done and call.status == 200:
+            from gateway.cache import assemble_stream
+
+            self.spawn(self.cache_store(call, assemble_stream(tally.chunks())))
 
     async def _estimate_stream(self, call: Call, dep: Deployment, tally: StreamTally) -> None:
         usage, text = estimate_stream(call.body, tally)
@@ -214,13 +246,42 @@ class Gateway:
                                              dep.api_key, usage.completion_tokens)
         self.record_usage(call, dep, Usage(usage.prompt_tokens, completion, True))
 
-    # -- cache hooks (wired when the cache is enabled) ------------------------------------------------
+    # -- cache ---------------------------------------------------------------------------------------
 
     async def cache_lookup(self, call: Call, send: Send) -> bool:
-        return False
+        """Answer from the cache when it can; returns True when the response was sent."""
+        from gateway.cache import CacheRequest, sse_replay
+
+        caller = call.caller
+        tenant = (caller.team or caller.key_alias or None) if caller is not None else None
+        cc = call.headers.get(b"cache-control")
+        call.cache_req = CacheRequest(alias=call.alias, endpoint=call.endpoint, body=call.body, tenant=tenant,
+                                      cache_control_header=cc.decode("latin-1") if cc else None)
+        result = await self.cache.lookup(call.cache_req)
+        call.cache_status = result.status
+        if result.status not in ("hit", "semantic_hit") or result.body is None:
+            return False
+        if call.stream:
+            await self.proxy.start_stream(send, call, None)
+            events = sse_replay(result.body, include_usage=call.wants_usage)
+            await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
+            call.first_byte_at = time.perf_counter()
+        else:
+            await self.proxy.send_json(send, call, None, result.body)
+        self._record_saved(call, result.usage)
+        return True
+
+    def _record_saved(self, call: Call, usage: dict[str, Any] | None) -> None:
+        deployments = self.config.aliases.get(call.alias)
+        if not deployments or not isinstance(usage, dict):
+            return
+        dep = deployments[0]
+        saved = dep.cost(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        self.metrics.cache_saved.labels(call.alias, dep.served_model, call.team, call.key).inc(saved)
 
     async def cache_store(self, call: Call, body: bytes) -> None:
-        return None
+        if call.cache_req is not None:
+            await self.cache.store(call.cache_req, body)
 
 
 def _error_response(exc: GatewayError) -> JSONResponse:
@@ -309,6 +370,14 @@ def create_fastapi(gw: Gateway) -> FastAPI:
                                  "aliases": {a: [d.id for d in ds] for a, ds in gw.config.aliases.items()}})
         return _error_response(errors.invalid_request("Config rejected; the running routes are unchanged. "
                                                       "See the gateway log for the YAML paths of the problems."))
+
+    @api.delete("/cache", tags=["admin"])
+    async def clear_cache(request: Request, namespace: str | None = None) -> dict[str, Any]:
+        """Delete cached answers: one namespace (`?namespace=`), or every entry when none is given."""
+        require_admin(dict(request.scope["headers"]), gw.master_key)
+        if gw.cache is None:
+            return {"deleted": 0, "cache": "off"}
+        return {"deleted": await gw.cache.clear(namespace), "namespace": namespace}
 
     from gateway.schemas import declare_openai_routes
 

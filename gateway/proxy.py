@@ -86,6 +86,7 @@ class Call:
     response_started: bool = False
     client_gone: bool = False
     prompt_estimate: int | None = None
+    cache_req: Any = None  # the cache's view of the request, from lookup to store
 
     @property
     def team(self) -> str:

@@ -165,6 +165,7 @@ class Supervisor:
 
 def serve(settings: Settings) -> int:
     setup_logging(settings.log_level)
+    os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")  # read when prometheus_client loads
     from gateway.config import ConfigError, load_file
 
     try:
