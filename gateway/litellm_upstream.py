@@ -4,6 +4,7 @@ gateway in front of vLLM never loads it."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -45,9 +46,12 @@ class LiteLLMUpstream:
         if self._litellm is None:
             import os
 
-            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no download at import
             import litellm
 
+            litellm.suppress_debug_info = True
+            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+                logging.getLogger(name).setLevel(logging.WARNING)
             self._litellm = litellm
         return self._litellm
 
@@ -86,7 +90,12 @@ class LiteLLMUpstream:
         started = False
         try:
             async for chunk in result:
-                block = b"data: " + _to_bytes(chunk) + b"\n\n"
+                data = chunk.model_dump(exclude_none=False) if hasattr(chunk, "model_dump") else dict(chunk)
+                usage = data.get("usage")
+                if usage and not call.wants_usage:
+                    tally.usage = usage  # counted, but the client did not ask to see it
+                    data.pop("usage")
+                block = b"data: " + orjson.dumps(data) + b"\n\n"
                 out = tally.process(block)
                 if not started:
                     await proxy.start_stream(send, call, dep)
