@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,9 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 JSON_CT = (b"content-type", b"application/json")
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 
 
 class ClientGone(Exception):
@@ -87,6 +91,14 @@ class Call:
     client_gone: bool = False
     prompt_estimate: int | None = None
     cache_req: Any = None  # the cache's view of the request, from lookup to store
+
+    @property
+    def upstream_request_id(self) -> str:
+        """The id sent upstream: the request id when it is a UUID (llama.cpp's server refuses anything
+        else with a bare 400), else a UUID derived from it, so the two can still be matched."""
+        if _UUID.fullmatch(self.request_id):
+            return self.request_id
+        return uuid.uuid5(uuid.NAMESPACE_URL, self.request_id).hex
 
     @property
     def team(self) -> str:
@@ -135,7 +147,7 @@ class Proxy:
     async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
         rid = headers.get(b"x-request-id")
-        call = Call(endpoint=endpoint, request_id=rid.decode("latin-1")[:128] if rid else secrets.token_hex(12),
+        call = Call(endpoint=endpoint, request_id=rid.decode("latin-1")[:128] if rid else uuid.uuid4().hex,
                     started=time.perf_counter(), headers=headers)
         watcher: asyncio.Task[None] | None = None
         try:
@@ -338,7 +350,8 @@ class Proxy:
         return hs
 
     async def _plain(self, call: Call, send: Send, dep: Deployment) -> None:
-        reply = await self.gw.upstream.request(dep, call.endpoint, self._upstream_body(call, dep), call.request_id)
+        reply = await self.gw.upstream.request(dep, call.endpoint, self._upstream_body(call, dep),
+                                                 call.upstream_request_id)
         call.upstream_wait += reply.elapsed
         await self.send_json(send, call, dep, reply.body)
         self.gw.after_plain(call, dep, reply.body)
@@ -352,7 +365,7 @@ class Proxy:
 
     async def _stream(self, call: Call, send: Send, dep: Deployment) -> None:
         upstream: UpstreamStream = await self.gw.upstream.stream(
-            dep, call.endpoint, self._upstream_body(call, dep), call.request_id,
+            dep, call.endpoint, self._upstream_body(call, dep), call.upstream_request_id,
             dep.stream_timeout or self.gw.config.router.stream_timeout)
         call.upstream_wait += upstream.first_byte_elapsed
         tally = StreamTally(strip_usage=not call.wants_usage)

@@ -40,7 +40,7 @@ def upstream_message(body: bytes) -> str:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         text = body[:300].decode("utf-8", "replace").strip()
-        return text or "no error message"
+        return text or "the upstream gave no error message"
     if isinstance(data, Mapping):
         err = data.get("error", data)
         if isinstance(err, Mapping):
@@ -52,7 +52,7 @@ def upstream_message(body: bytes) -> str:
         detail = data.get("detail") or data.get("message")
         if isinstance(detail, str):
             return detail[:1000]
-    return "no error message"
+    return "the upstream gave no error message"
 
 
 class UpstreamError(Exception):
@@ -198,6 +198,10 @@ class OpenAICompatible:
                     raise UpstreamError("status", f"HTTP {resp.status}", resp.status, data,
                                         _retry_after(resp.headers))
                 first = await resp.content.readany()
+            if not first:
+                # e.g. llama.cpp answers a too-long streamed prompt with 200 and an empty body
+                resp.close()
+                raise UpstreamError("drop", "upstream ended the stream without sending anything")
             return UpstreamStream(resp, first, time.perf_counter() - t0)
         except TimeoutError:
             if resp is not None:

@@ -18,5 +18,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PIP=(python3 -m pip install --disable-pip-version-check -q)
-"${PIP[@]}" -e ".[dev]"
+"${PIP[@]}" -e ".[dev,demo]"
 echo "setup done: $(redis-server --version | cut -d' ' -f3), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f3), python $(python3 -c 'import sys; print(sys.version.split()[0])')"
