@@ -1,0 +1,319 @@
+"""Decide whether a stored request may answer a new one (the semantic cache's safety check).
+
+Three layers, all local (no LLM call):
+
+1. **guards** that refuse outright when the two texts disagree on something that changes the answer:
+   numbers (digits, number words, ordinals, "squared"), negation, a pole of an opposition
+   (on/off, in/out, enable/disable, increase/decrease, north/south, before/after, max/min ...), the
+   question word (why/when/where/who, how many/much/often/long ...), the number of questions, units and
+   their order ("10 pounds to kilograms" vs "10 kilograms to pounds"), the order of the specific words of
+   a short text ("from Paris to Rome" / "from Rome to Paris"), languages, months, weekdays, operating
+   systems, colours, capitalised entities, and a *swap*: a specific word replaced by another one
+   ("limerick about a cat" vs "... a dog", "melting point of iron" vs "... copper");
+2. a **confirmation**: a logistic combination of the MiniLM cosine and lexical features (content-word
+   overlap, unmatched specific words on each side, character trigrams, capitalised entities), fitted by
+   ``python -m gateway.cache.fit`` and shipped in ``data/matcher-weights.json``, plus two accept rules
+   fitted alongside (same content words in the same order with cosine >= 0.97; long texts of >= 8
+   content words with cosine >= 0.85);
+3. a floor on the cosine (the user's ``similarity_threshold`` raises it, never lowers it).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import lexicon as lx
+
+SWAP_MAX_SPECIFIC = 1   # a replaced specific word is a swap when it is the only specific difference ...
+SWAP_SHORT_TEXT = 6     # ... or when the text has at most this many content words
+_WH = frozenset({"why", "when", "where", "who", "whom", "whose"})
+_HOW_KIND = frozenset({"many", "much", "often", "long", "far", "old", "big", "tall", "fast"})
+WEIGHTS_FILE = Path(__file__).parent / "data" / "matcher-weights.json"
+
+_TOKEN_RE = re.compile(r"[$€£¥%]|\d+(?:[.,]\d+)*(?:st|nd|rd|th|s|k|m|%)?|[a-z][a-z0-9+#]*(?:['’][a-z]+)*(?:\.[a-z](?=\.))?")
+_CAP_RE = re.compile(r"\b[A-Z][a-zA-Z0-9]+")
+_NUMBER_RE = re.compile(r"^\d+(?:[.,]\d+)*(st|nd|rd|th|s|k|m|%)?$")
+
+
+def _stem(word: str) -> str:
+    w = word
+    if w.endswith("'s") or w.endswith("’s"):
+        w = w[:-2]
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 4 and w.endswith("sses"):
+        return w[:-2]
+    if len(w) > 5 and w.endswith("ing"):
+        w = w[:-3]
+        if len(w) > 2 and w[-1] == w[-2] and w[-1] not in "lsz":
+            w = w[:-1]
+        return w
+    if len(w) > 4 and w.endswith("ed") and not w.endswith("eed"):
+        w = w[:-2]
+        if len(w) > 2 and w[-1] == w[-2] and w[-1] not in "lsz":
+            w = w[:-1]
+        return w
+    if len(w) > 5 and w.endswith("est"):
+        return w[:-3]
+    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
+    return w
+
+
+def _norm_number(tok: str) -> str:
+    m = _NUMBER_RE.match(tok)
+    suffix = m.group(1) if m else None
+    core = tok[: -len(suffix)] if suffix else tok
+    core = core.replace(",", "")
+    try:
+        val = float(core)
+        core = f"{val:g}"
+    except ValueError:
+        pass
+    if suffix in ("st", "nd", "rd", "th"):
+        return core + "th" if core != "1" else lx.ORDINAL_FIRST
+    if suffix == "k":
+        return f"{float(core) * 1000:g}" if core.replace(".", "").isdigit() else core
+    return core
+
+
+_STOP_STEMS = frozenset(_stem(w) for w in lx.STOPWORDS)
+_GENERIC_STEMS = frozenset({_stem(w) for w in lx.GENERIC} | lx.GENERIC)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything the matcher needs about one text (computed once, kept next to the index entry)."""
+
+    text: str
+    n_tokens: int
+    numbers: tuple[str, ...]
+    negated: bool
+    poles: frozenset[tuple[int, int]]
+    units: tuple[str, ...]
+    named: frozenset[tuple[str, str]]
+    content: frozenset[str]
+    sequence: tuple[str, ...]     # content stems in text order (for the swap guard)
+    specific: frozenset[str]      # content words that are not generic
+    caps: frozenset[str]          # capitalised words after the first token (entities), stemmed lower case
+    trigrams: frozenset[str]
+    wh: frozenset[str]            # question words that fix the kind of answer (why, when, how many ...)
+    questions: int                # number of question marks
+
+
+def analyse(text: str) -> Analysis:
+    raw = text.strip()
+    low = raw.lower().replace("’", "'")
+    low = re.sub(r"\b(can)not\b", r"\1 not", low)
+    low = re.sub(r"\b(\w+)n't\b", r"\1 n't", low)
+    tokens = _TOKEN_RE.findall(low) + (["n't"] * low.count(" n't"))
+    numbers: list[str] = []
+    units: list[str] = []
+    poles: set[tuple[int, int]] = set()
+    named: set[tuple[str, str]] = set()
+    content: set[str] = set()
+    sequence: list[str] = []
+    negated = False
+    prev_number = False
+    for i, tok in enumerate(tokens):
+        is_number = False
+        if tok[0].isdigit():
+            numbers.append(_norm_number(tok))
+            if tok.endswith("%"):
+                units.append("percent")
+            is_number = True
+        elif tok in lx.NUMBER_WORDS or tok == "first":
+            if tok == "second" and prev_number:
+                units.append("second")
+            elif tok in ("one", "single", "once", "pair", "couple", "half", "square", "double") and not (
+                    prev_number or (i + 1 < len(tokens) and tokens[i + 1] in lx.UNITS)):
+                pass  # "one of the best", "a couple of", "half-life", "square feet" read as words
+            else:
+                numbers.append(lx.ORDINAL_FIRST if tok == "first" else lx.NUMBER_WORDS[tok])
+                is_number = True
+        if tok in lx.NEGATORS:
+            negated = True
+        if tok in lx.OPPOSITIONS:
+            poles.add(lx.OPPOSITIONS[tok])
+        if tok in lx.UNITS and (tok not in lx.UNIT_AFTER_NUMBER_ONLY or prev_number):
+            unit = lx.UNITS[tok]
+            if not units or units[-1] != unit:
+                units.append(unit)
+        if tok in lx.NAMED:
+            named.add((lx.NAMED[tok], tok))
+        if not is_number and tok not in lx.STOPWORDS and tok not in lx.NEGATORS and len(tok) > 1:
+            word = lx.SYNONYMS.get(tok, tok)
+            stem = lx.SYNONYMS.get(_stem(word), _stem(word))
+            content.add(stem)
+            sequence.append(stem)
+        prev_number = is_number
+    words = raw.split()
+    caps = {_stem(m.group(0).lower()) for w in words[1:] for m in [_CAP_RE.match(w)] if m}
+    caps -= _STOP_STEMS
+    caps = {lx.SYNONYMS.get(c, c) for c in caps}
+    specific = {c for c in content if c not in _GENERIC_STEMS}
+    wh = {t for t in tokens if t in _WH}
+    wh |= {f"how {n}" for h, n in zip(tokens, tokens[1:], strict=False) if h == "how" and n in _HOW_KIND}
+    squashed = " " + " ".join(tokens) + " "
+    trigrams = {squashed[i:i + 3] for i in range(len(squashed) - 2)}
+    return Analysis(text=raw, n_tokens=len(tokens), numbers=tuple(sorted(numbers)), negated=negated,
+                    poles=frozenset(poles), units=tuple(units), named=frozenset(named),
+                    content=frozenset(content), sequence=tuple(sequence), specific=frozenset(specific), caps=frozenset(caps),
+                    trigrams=frozenset(trigrams), wh=frozenset(wh), questions=raw.count("?"))
+
+
+def _swapped(a: Analysis, b: Analysis) -> bool:
+    """A specific word replaced by another, in a short text or as the only specific difference."""
+    only_a = a.specific - b.content
+    only_b = b.specific - a.content
+    if not only_a or not only_b:
+        return False
+    sm = difflib.SequenceMatcher(a=a.sequence, b=b.sequence, autojunk=False)
+    ops = sm.get_opcodes()
+    if not any(tag == "equal" for tag, *_ in ops):
+        return False
+    small = max(len(only_a), len(only_b)) <= SWAP_MAX_SPECIFIC or \
+        max(len(a.sequence), len(b.sequence)) <= SWAP_SHORT_TEXT
+    if not small:
+        return False
+    for tag, i1, i2, j1, j2 in ops:
+        if tag == "replace" and only_a.intersection(a.sequence[i1:i2]) and only_b.intersection(b.sequence[j1:j2]):
+            return True
+    return False
+
+
+def _reordered(a: Analysis, b: Analysis) -> bool:
+    """The same specific words in another order ("flights from Paris to Rome" / "from Rome to Paris")."""
+    shared = a.specific & b.specific
+    if len(shared) < 2 or max(len(a.sequence), len(b.sequence)) > SWAP_SHORT_TEXT:
+        return False
+    seq_a = [w for w in dict.fromkeys(a.sequence) if w in shared]
+    seq_b = [w for w in dict.fromkeys(b.sequence) if w in shared]
+    return seq_a != seq_b
+
+
+def guard(a: Analysis, b: Analysis) -> str | None:
+    """The reason two texts must not share an answer, or None."""
+    if a.numbers != b.numbers:
+        return "number"
+    if a.negated != b.negated:
+        return "negation"
+    if a.poles != b.poles:
+        groups_a = {g for g, _ in a.poles}
+        groups_b = {g for g, _ in b.poles}
+        for g in groups_a & groups_b:
+            if {p for gg, p in a.poles if gg == g} != {p for gg, p in b.poles if gg == g}:
+                return "polarity"
+    if a.wh != b.wh:
+        return "question"
+    if max(a.questions, b.questions) > 1 and a.questions != b.questions:
+        return "question"
+    if _reordered(a, b):
+        return "order"
+    if a.units != b.units and (a.units or b.units):
+        return "unit"
+    if a.named != b.named:
+        groups_a = {g for g, _ in a.named}
+        for g in groups_a & {g for g, _ in b.named}:
+            if {w for gg, w in a.named if gg == g} != {w for gg, w in b.named if gg == g}:
+                return "entity"
+    if _swapped(a, b):
+        return "swap"
+    caps_a = a.caps - b.content - b.caps
+    caps_b = b.caps - a.content - a.caps
+    if caps_a and caps_b:
+        return "entity"
+    return None
+
+
+FEATURES = ("bias", "cos", "cos2", "jaccard", "unmatched_a", "unmatched_b", "spec_a", "spec_b", "spec_min",
+            "trigram", "len_ratio", "caps_diff", "shared", "cos_x_jac")
+
+
+def features(a: Analysis, b: Analysis, cos: float) -> list[float]:
+    union = len(a.content | b.content) or 1
+    shared = len(a.content & b.content)
+    jac = shared / union
+    un_a = len(a.content - b.content) / max(len(a.content), 1)
+    un_b = len(b.content - a.content) / max(len(b.content), 1)
+    sp_a = len(a.specific - b.content)
+    sp_b = len(b.specific - a.content)
+    tri = len(a.trigrams & b.trigrams) / (len(a.trigrams | b.trigrams) or 1)
+    lr = min(a.n_tokens, b.n_tokens) / max(a.n_tokens, b.n_tokens, 1)
+    caps = len((a.caps ^ b.caps) - (a.content & b.content))
+    return [1.0, cos, cos * cos, jac, un_a, un_b, math.log1p(sp_a), math.log1p(sp_b),
+            math.log1p(min(sp_a, sp_b)), tri, lr, math.log1p(caps), math.log1p(shared), cos * jac]
+
+
+@dataclass(frozen=True)
+class MatcherModel:
+    weights: tuple[float, ...]
+    threshold: float      # minimum probability for a match
+    min_cosine: float     # cosine floor
+    meta: dict[str, Any]
+    long_words: int = 0          # long-text rule: both texts have at least this many content words ...
+    long_cosine: float = 2.0     # ... and this cosine (after the guards): accepted without the logistic check
+    same_words_cosine: float = 2.0  # same content words in the same order and this cosine: accepted
+
+    @classmethod
+    def load(cls, path: Path = WEIGHTS_FILE) -> MatcherModel:
+        data = json.loads(path.read_text())
+        if tuple(data["features"]) != FEATURES:
+            raise ValueError(f"{path}: features {data['features']} do not match the code's {FEATURES}")
+        long_rule = data.get("long_text") or {}
+        return cls(weights=tuple(float(w) for w in data["weights"]), threshold=float(data["threshold"]),
+                   min_cosine=float(data["min_cosine"]), meta=dict(data.get("meta", {})),
+                   long_words=int(long_rule.get("min_words", 0)), long_cosine=float(long_rule.get("min_cosine", 2.0)),
+                   same_words_cosine=float((data.get("same_words") or {}).get("min_cosine", 2.0)))
+
+    def rule_ok(self, a: Analysis, b: Analysis, cos: float) -> bool:
+        """The two accept rules besides the logistic score (both only after the guards)."""
+        if cos >= self.same_words_cosine and a.sequence == b.sequence:
+            return True
+        return bool(self.long_words) and cos >= self.long_cosine and \
+            min(len(a.sequence), len(b.sequence)) >= self.long_words
+
+    def probability(self, a: Analysis, b: Analysis, cos: float) -> float:
+        z = sum(w * x for w, x in zip(self.weights, features(a, b, cos), strict=True))
+        return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    probability: float
+    reason: str | None
+
+
+class Matcher:
+    """Guards + confirmation; ``floor`` is the user's similarity_threshold (raises the cosine floor)."""
+
+    def __init__(self, model: MatcherModel | None = None, floor: float | None = None,
+                 threshold: float | None = None) -> None:
+        self.model = model or MatcherModel.load()
+        self.min_cosine = max(self.model.min_cosine, floor or 0.0)
+        self.threshold = self.model.threshold if threshold is None else threshold
+
+    def judge(self, query: Analysis, candidate: Analysis, cos: float) -> Verdict:
+        if query.text.lower() == candidate.text.lower():
+            return Verdict(True, 1.0, None)
+        if cos < self.min_cosine:
+            return Verdict(False, 0.0, "cosine")
+        reason = guard(query, candidate)
+        if reason is not None:
+            return Verdict(False, 0.0, reason)
+        p = self.model.probability(query, candidate, cos)
+        if p < self.threshold and self.model.rule_ok(query, candidate, cos):
+            return Verdict(True, p, None)
+        return Verdict(p >= self.threshold, p, None if p >= self.threshold else "confirm")
+
+
+def count_reasons(verdicts: list[Verdict]) -> Counter[str]:
+    return Counter(v.reason or "ok" for v in verdicts)
