@@ -70,7 +70,8 @@ class Gateway:
     async def startup(self) -> None:
         await self.upstream.start()
         if self.cache is not None:
-            self.metrics.redis_up.set(1 if self.cache.redis_up else 0)
+            if self.cache.backend == "redis":
+                self.metrics.redis_up.labels("cache").set(1 if self.cache.redis_up else 0)
             await self.cache.start()
             log.info("response cache on: %s (%s)", self.config.cache.type, self.cache.backend)
         for line in self.config.notes:
@@ -136,7 +137,7 @@ class Gateway:
         )
         cache = ResponseCache.create(settings)
         cache.on_error = lambda kind, _exc: self.metrics.cache_errors.labels(kind).inc()
-        cache.on_redis_state = lambda up: self.metrics.redis_up.set(1 if up else 0)
+        cache.on_redis_state = lambda up: self.metrics.redis_up.labels("cache").set(1 if up else 0)
         return cache
 
     def _apply(self, new: GatewayConfig, previous: GatewayConfig | None) -> None:

@@ -68,7 +68,8 @@ class Metrics:
         self.cooldowns = Counter("oss_deployment_cooldowns", "Times a deployment was put in cooldown",
                                  ("alias", "deployment"), registry=r)
         self.reloads = Counter("oss_config_reloads", "Config reloads by result", ("result",), registry=r)
-        self.redis_up = gauge("oss_redis_up", "1 when the shared store answers", (), "mostrecent")
+        # labelled by store ("cache", "state"): no series at all when no Redis is configured
+        self.redis_up = gauge("oss_redis_up", "1 when the shared store answers", ("store",), "mostrecent")
         self.cache_errors = Counter("oss_cache_errors", "Cache operations that failed", ("op",), registry=r)
         self.reloads.labels("ok")
         self.reloads.labels("rejected")

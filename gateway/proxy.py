@@ -91,6 +91,7 @@ class Call:
     client_gone: bool = False
     prompt_estimate: int | None = None
     cache_req: Any = None  # the cache's view of the request, from lookup to store
+    completing: bool = False  # the last write of the response has begun
 
     @property
     def upstream_request_id(self) -> str:
@@ -150,6 +151,13 @@ class Proxy:
         call = Call(endpoint=endpoint, request_id=rid.decode("latin-1")[:128] if rid else uuid.uuid4().hex,
                     started=time.perf_counter(), headers=headers)
         watcher: asyncio.Task[None] | None = None
+        raw_send = send
+
+        async def send(message: Message) -> None:  # noqa: F811 - marks the last write of the response
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                call.completing = True
+            await raw_send(message)
+
         try:
             try:
                 raw = await read_body(receive, headers, self.gw.max_request_bytes)
@@ -179,8 +187,9 @@ class Proxy:
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
-        except Exception:  # noqa: BLE001 - last resort: a clean 500, details only in our log
-            log.exception("request %s failed inside the gateway", call.request_id)
+        except Exception as exc:  # noqa: BLE001 - last resort: a clean 500, details only in our log
+            log.error("request %s failed inside the gateway: %s: %s", call.request_id, type(exc).__name__, exc,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
             call.status = 500
             if not call.response_started:
                 await self._send_error(send, call, GatewayError(500, "Internal gateway error (request id "
@@ -194,8 +203,10 @@ class Proxy:
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
-                call.client_gone = True
-                task.cancel()
+                # uvicorn also answers http.disconnect once the response is complete: not a client leaving
+                if not call.completing:
+                    call.client_gone = True
+                    task.cancel()
                 return
 
     # -- routing -------------------------------------------------------------------------------------
