@@ -28,6 +28,7 @@ from gateway.auth import MASTER, OPEN, Caller, bearer_token, is_master, require_
 from gateway.config import ConfigError, Deployment, GatewayConfig, load_file, load_text
 from gateway.errors import GatewayError
 from gateway.health import HealthChecker
+from gateway.keys import KeyService
 from gateway.litellm_upstream import LiteLLMUpstream
 from gateway.metrics import Metrics
 from gateway.proxy import Call, Proxy, Receive, Scope, Send
@@ -57,6 +58,7 @@ class Gateway:
         self.tokens = TokenCounter(self.upstream.post_json)
         self.litellm = LiteLLMUpstream()
         self.cache: Any = self._build_cache(config)
+        self.keys = KeyService(self)  # virtual keys, limits, spend ledger (gateway/keys)
         self.proxy = Proxy(self)
         self.watcher = (ConfigWatcher(config_path, settings.reload_interval, self.reload_text)
                         if config_path is not None else None)
@@ -69,6 +71,7 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.upstream.start()
+        await self.keys.start()
         if self.cache is not None:
             if self.cache.backend == "redis":
                 self.metrics.redis_up.labels("cache").set(1 if self.cache.redis_up else 0)
@@ -100,6 +103,7 @@ class Gateway:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+        await self.keys.close()
         await self.upstream.close()
         if self.cache is not None:
             await self.cache.close()
@@ -179,7 +183,8 @@ class Gateway:
 
     # -- auth ----------------------------------------------------------------------------------------
 
-    async def authenticate(self, headers: dict[bytes, bytes], alias: str) -> Caller:
+    async def authenticate(self, headers: dict[bytes, bytes], alias: str, call: Call | None = None) -> Caller:
+        """The caller of a request; with `call` (the hot path) also admits it against key/team limits."""
         master = self.master_key
         if not master:
             return OPEN
@@ -187,8 +192,10 @@ class Gateway:
         if token is None:
             raise errors.authentication_error("Missing API key: send 'Authorization: Bearer <key>'")
         if is_master(token, master):
+            if call is not None:
+                self.keys.master_ticket(call)
             return MASTER
-        raise errors.authentication_error("Invalid API key")
+        return await self.keys.authenticate(token, alias, call)
 
     def visible_aliases(self, caller: Caller | None, config: GatewayConfig) -> list[str]:
         return [a for a in config.aliases if caller is None or caller.may_use(a)]
@@ -213,8 +220,11 @@ class Gateway:
 
     def record_usage(self, call: Call, dep: Deployment, usage: Usage) -> float:
         self.router.state(dep).note_tokens(dep, usage.total, self.router.clock())
-        return self.metrics.record_tokens(dep, usage.prompt_tokens, usage.completion_tokens, call.team, call.key,
+        cost = self.metrics.record_tokens(dep, usage.prompt_tokens, usage.completion_tokens, call.team, call.key,
                                           usage.estimated)
+        if call.ticket is not None:  # settle the key's reservation to the real cost, write the ledger
+            self.keys.on_usage(call, dep, usage, cost)
+        return cost
 
     def after_plain(self, call: Call, dep: Deployment, body: bytes) -> None:
         data, usage = parse_plain(body)
@@ -383,6 +393,9 @@ def create_fastapi(gw: Gateway) -> FastAPI:
     from gateway.schemas import declare_openai_routes
 
     declare_openai_routes(api)
+    from gateway.keys.routes import build_router as keys_router
+
+    api.include_router(keys_router(gw))
     return api
 
 
@@ -392,6 +405,7 @@ async def gw_ready_problems(gw: Gateway) -> list[str]:
         problems.append("no routes loaded")
     if gw.cache is not None and hasattr(gw.cache, "redis_up") and not gw.cache.redis_up:
         problems.append("cache Redis unreachable")
+    problems.extend(gw.keys.ready_problems())
     return problems
 
 

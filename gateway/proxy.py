@@ -92,6 +92,7 @@ class Call:
     prompt_estimate: int | None = None
     cache_req: Any = None  # the cache's view of the request, from lookup to store
     completing: bool = False  # the last write of the response has begun
+    ticket: Any = None  # keys.Ticket: the key/team admission to settle when the request ends
 
     @property
     def upstream_request_id(self) -> str:
@@ -163,7 +164,7 @@ class Proxy:
                 raw = await read_body(receive, headers, self.gw.max_request_bytes)
                 call.body = parse_json_body(raw)
                 call.alias = validate(endpoint, call.body)
-                call.caller = await self.gw.authenticate(headers, call.alias)
+                call.caller = await self.gw.authenticate(headers, call.alias, call)
                 call.stream = call.body.get("stream") is True
                 so = call.body.get("stream_options")
                 call.wants_usage = isinstance(so, dict) and so.get("include_usage") is True
@@ -447,6 +448,8 @@ class Proxy:
 
     def _record_request(self, call: Call) -> None:
         gw = self.gw
+        if call.ticket is not None:  # release the key's slot and reservation, or settle to the real cost
+            gw.keys.finish(call)
         m = gw.metrics
         now = time.perf_counter()
         status_class = f"{call.status // 100}xx"

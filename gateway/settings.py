@@ -31,3 +31,23 @@ class Settings(BaseSettings):
     upstream_connections: int = Field(1000, ge=1, description="connection pool size per worker")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     metrics_dir: Path | None = Field(None, description="prometheus multiprocess dir (made and cleaned at start)")
+    # virtual keys, limits, spend (docs/keys.md)
+    limits_fail_mode: Literal["open", "closed"] = Field(
+        "open", description="state Redis down: keys with limits pass (open) or get 503 (closed)")
+    state_redis_timeout: float = Field(1.0, gt=0, description="seconds a state Redis reply may take before it "
+                                                              "counts as down")
+    state_key_prefix: str = Field("gw", min_length=1, max_length=64, description="prefix of every state Redis key")
+    key_cache_ttl: float = Field(5.0, ge=0, description="seconds a verified key without limits is reused "
+                                                        "in-process (a delete or new limit applies within this)")
+    key_grace_period: float = Field(60.0, ge=0, description="state Redis down: keys verified this recently "
+                                                           "keep working")
+    inflight_lease_seconds: float = Field(900.0, gt=0, description="a request's parallel slot and budget "
+                                                                   "reservation expire after this (crash safety)")
+    ledger_retention_days: float = Field(400.0, ge=0, description="spend ledger entries older than this are "
+                                                                  "trimmed; 0 = no ledger")
+    ledger_backlog: int = Field(100_000, ge=0, description="settlements kept in memory while the state Redis "
+                                                           "is down")
+    budget_default_max_tokens: int = Field(4096, ge=1, description="output tokens reserved against a budget "
+                                                                   "when neither the request nor the deployment "
+                                                                   "caps them")
+    admin_max_body_bytes: int = Field(65536, ge=1024, description="larger admin request bodies get 413")

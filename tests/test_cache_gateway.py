@@ -1,0 +1,242 @@
+"""The response cache through the gateway, on a real redis-server: hits, partitions, controls, streaming
+replay, two replicas sharing entries, and Redis dying mid-test with no failed request."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers import deployment, metric_value, metrics, sim_stats
+from tests.procs import Proc, start_redis
+
+CHAT = "/v1/chat/completions"
+MASTER = "sk-cache-master"
+
+
+@pytest.fixture
+def redis_proc() -> Iterator[Proc]:
+    proc = start_redis()
+    yield proc
+    proc.stop()
+
+
+def cache_config(sim: Proc, **params: Any) -> dict[str, Any]:
+    return {"model_list": [deployment("smart", sim, input_cost_per_token=0.001, output_cost_per_token=0.002),
+                           deployment("fast", sim)],
+            "litellm_settings": {"cache": True, "cache_params": {"type": "redis-semantic", **params}},
+            "general_settings": {"master_key": MASTER}}
+
+
+def ask(gw: Proc, text: str, *, system: str | None = None, stream: bool = False, extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None, model: str = "smart") -> tuple[str, str]:
+    """(x-gateway-cache, answer text) for one chat request."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": 6, "temperature": 0,
+                            "stream": stream, **(extra or {})}
+    h = {"Authorization": f"Bearer {MASTER}", **(headers or {})}
+    if not stream:
+        r = httpx.post(f"{gw.url}{CHAT}", json=body, headers=h, timeout=30)
+        r.raise_for_status()
+        return r.headers["x-gateway-cache"], r.json()["choices"][0]["message"]["content"]
+    parts: list[str] = []
+    with httpx.stream("POST", f"{gw.url}{CHAT}", json=body, headers=h, timeout=30) as r:
+        r.raise_for_status()
+        status = r.headers["x-gateway-cache"]
+        import orjson
+
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                chunk = orjson.loads(line[6:])
+                for choice in chunk.get("choices") or ():
+                    parts.append((choice.get("delta") or {}).get("content") or "")
+    return status, "".join(parts)
+
+
+def settle() -> None:
+    time.sleep(0.3)  # entries are stored after the response, off the hot path
+
+
+def test_exact_and_semantic_hits_and_partitions(make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc],
+                                                redis_proc: Proc) -> None:
+    sim = make_sim()
+    gw = make_gateway(cache_config(sim), env={"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_proc.port}/0"})
+    q = "How do I reset my password on the website?"
+    status, answer = ask(gw, q)
+    assert status == "MISS"
+    settle()
+    assert ask(gw, q) == ("HIT", answer)
+    hits_upstream = sim_stats(sim)["requests"][CHAT]
+    status, semantic = ask(gw, "How can I reset my password on the website?")
+    assert status == "SEMANTIC-HIT" and semantic == answer
+    assert sim_stats(sim)["requests"][CHAT] == hits_upstream  # answered without the upstream
+    # near-identical but different questions are never served from each other
+    assert ask(gw, "What is 15% of 200?")[0] == "MISS"
+    settle()
+    assert ask(gw, "What is 15% of 300?")[0] == "MISS"
+    assert ask(gw, "How do I turn on dark mode?")[0] == "MISS"
+    settle()
+    assert ask(gw, "How do I turn off dark mode?")[0] == "MISS"
+    # partitions: another system prompt, other tools, another alias: no hit
+    assert ask(gw, q, system="You are a pirate.")[0] == "MISS"
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    assert ask(gw, q, extra={"tools": tools})[0] == "MISS"
+    assert ask(gw, q, model="fast")[0] == "MISS"
+    text = metrics(gw)
+    assert metric_value(text, "oss_requests_total", cache="hit") == 1
+    assert metric_value(text, "oss_requests_total", cache="semantic_hit") == 1
+    assert metric_value(text, "oss_cache_saved_usd_total", alias="smart") > 0
+    # cached answers are not spend
+    assert metric_value(text, "oss_completion_tokens_total", alias="smart") == 6 * (sim_stats(sim)["requests"][CHAT] - 1)
+
+
+def test_controls(make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc], redis_proc: Proc) -> None:
+    sim = make_sim()
+    gw = make_gateway(cache_config(sim, type="redis"), env={"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_proc.port}/0"})
+    q = f"control question {uuid.uuid4().hex}"
+    ask(gw, q)
+    settle()
+    assert ask(gw, q)[0] == "HIT"
+    assert ask(gw, q, extra={"cache": {"no-cache": True}})[0] == "BYPASS"
+    assert ask(gw, q, headers={"Cache-Control": "no-cache"})[0] == "BYPASS"
+    # no-store: answered by the upstream, not kept
+    q2 = f"not stored {uuid.uuid4().hex}"
+    ask(gw, q2, extra={"cache": {"no-store": True}})
+    settle()
+    assert ask(gw, q2, extra={"cache": {"no-store": True}})[0] == "MISS"
+    q3 = f"header no-store {uuid.uuid4().hex}"
+    ask(gw, q3, headers={"Cache-Control": "no-store"})
+    settle()
+    assert ask(gw, q3, headers={"Cache-Control": "no-store"})[0] == "MISS"
+    # ttl: gone after it; a hit does not extend it
+    q4 = f"short lived {uuid.uuid4().hex}"
+    ask(gw, q4, extra={"cache": {"ttl": 1.5}})
+    settle()
+    assert ask(gw, q4)[0] == "HIT"
+    time.sleep(0.8)
+    assert ask(gw, q4)[0] == "HIT"
+    time.sleep(0.8)
+    assert ask(gw, q4)[0] == "MISS"
+    # s-maxage: only entries younger than that
+    q5 = f"max age {uuid.uuid4().hex}"
+    ask(gw, q5)
+    time.sleep(1.2)
+    assert ask(gw, q5, extra={"cache": {"s-maxage": 1}})[0] == "MISS"
+    assert ask(gw, q5, extra={"cache": {"s-maxage": 60}})[0] == "HIT"
+    # namespaces partition, and DELETE /cache clears one (master key only)
+    q6 = f"namespaced {uuid.uuid4().hex}"
+    ask(gw, q6, extra={"cache": {"namespace": "team-a"}})
+    settle()
+    assert ask(gw, q6, extra={"cache": {"namespace": "team-a"}})[0] == "HIT"
+    assert ask(gw, q6, extra={"cache": {"namespace": "team-b"}})[0] == "MISS"
+    assert httpx.delete(f"{gw.url}/cache", params={"namespace": "team-a"}).status_code == 401
+    r = httpx.delete(f"{gw.url}/cache", params={"namespace": "team-a"}, headers={"Authorization": f"Bearer {MASTER}"})
+    assert r.status_code == 200 and r.json()["deleted"] >= 1
+    assert ask(gw, q6, extra={"cache": {"namespace": "team-a"}})[0] == "MISS"
+    # the cache field never reaches the upstream
+    assert "cache" not in sim_stats(sim)["last_request"]
+
+
+def test_temperature_and_errors_are_not_served(make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc],
+                                               redis_proc: Proc) -> None:
+    sim = make_sim()
+    gw = make_gateway(cache_config(sim), env={"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_proc.port}/0"})
+    q = f"What time zone is Berlin in? {uuid.uuid4().hex[:6]}"
+    ask(gw, q)
+    settle()
+    # a sampled request (temperature 0.9) gets no semantic hit from a greedy answer
+    assert ask(gw, q.replace("What", "Which"), extra={"temperature": 0.9})[0] == "MISS"
+    # an upstream error is never stored
+    bad = f"this one fails {uuid.uuid4().hex}"
+    r = httpx.post(f"{gw.url}{CHAT}", headers={"Authorization": f"Bearer {MASTER}"}, timeout=30,
+                   json={"model": "smart", "messages": [{"role": "user", "content": bad}], "sim": {"fault": "context"}})
+    assert r.status_code == 400
+    settle()
+    assert ask(gw, bad)[0] == "MISS"
+    # an interrupted stream is never stored
+    cut = f"cut stream {uuid.uuid4().hex}"
+    with httpx.stream("POST", f"{gw.url}{CHAT}", headers={"Authorization": f"Bearer {MASTER}"}, timeout=30,
+                      json={"model": "smart", "messages": [{"role": "user", "content": cut}], "stream": True,
+                            "max_tokens": 6, "sim": {"fault": "drop", "fault_after_tokens": 2}}) as resp:
+        resp.read()
+    settle()
+    assert ask(gw, cut)[0] == "MISS"
+
+
+def test_streaming_replay(make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc], redis_proc: Proc) -> None:
+    sim = make_sim()
+    gw = make_gateway(cache_config(sim), env={"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_proc.port}/0"})
+    q = f"Tell me about streams {uuid.uuid4().hex[:8]}"
+    status, answer = ask(gw, q, stream=True)
+    assert status == "MISS" and answer
+    settle()
+    status, replay = ask(gw, q, stream=True)
+    assert status == "HIT" and replay == answer  # a stored stream, replayed as SSE
+    assert ask(gw, q) == ("HIT", answer)  # and served to a plain request
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=MASTER, max_retries=0)
+    chunks = list(client.chat.completions.create(model="smart", messages=[{"role": "user", "content": q}],
+                                                 max_tokens=6, temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+
+
+def test_two_replicas_share_entries(make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc],
+                                    redis_proc: Proc) -> None:
+    sim = make_sim()
+    env = {"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_proc.port}/0"}
+    a = make_gateway(cache_config(sim), env=env)
+    b = make_gateway(cache_config(sim), env=env)
+    q = f"Which port does the gateway listen on? {uuid.uuid4().hex[:6]}"
+    _, answer = ask(a, q)
+    t0 = time.monotonic()
+    while ask(b, q)[0] != "HIT":
+        assert time.monotonic() - t0 < 1.0, "replica b did not see replica a's entry within 1 s"
+        time.sleep(0.05)
+    assert ask(b, q)[1] == answer
+    # semantic entries too (the second replica's index is fed from Redis)
+    q2 = "How do I rotate the API keys of my team?"
+    ask(a, q2)
+    t0 = time.monotonic()
+    while ask(b, "How can I rotate the API keys of my team?")[0] != "SEMANTIC-HIT":
+        assert time.monotonic() - t0 < 1.5, "replica b did not serve replica a's entry semantically"
+        time.sleep(0.1)
+
+
+def test_redis_killed_and_restarted_mid_test(make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc]) -> None:
+    redis = start_redis()
+    port = redis.port
+    try:
+        sim = make_sim()
+        gw = make_gateway(cache_config(sim), env={"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+        q = f"survives redis {uuid.uuid4().hex[:6]}"
+        ask(gw, q)
+        settle()
+        assert ask(gw, q)[0] == "HIT"
+        redis.stop()
+        statuses = [ask(gw, f"{q} {i}")[0] for i in range(10)]  # every request still answered
+        assert set(statuses) <= {"BYPASS", "MISS"} and "BYPASS" in statuses
+        text = metrics(gw)
+        assert metric_value(text, "oss_redis_up", store="cache") == 0
+        assert metric_value(text, "oss_requests_total", cache="bypass", status_class="2xx") >= 1
+        assert "Redis unreachable" in gw.log()
+        redis = start_redis(port=port)
+        t0 = time.monotonic()
+        q2 = f"after the restart {uuid.uuid4().hex[:6]}"
+        while True:
+            status, _ = ask(gw, q2)
+            if status == "MISS":
+                settle()
+                if ask(gw, q2)[0] == "HIT":
+                    break
+            assert time.monotonic() - t0 < 10, "cache did not resume"
+            time.sleep(0.2)
+        assert metric_value(metrics(gw), "oss_redis_up", store="cache") == 1
+        assert metric_value(metrics(gw), "oss_requests_total", status_class="5xx") == 0
+    finally:
+        redis.stop()
