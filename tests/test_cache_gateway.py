@@ -240,3 +240,33 @@ def test_redis_killed_and_restarted_mid_test(make_sim: Callable[..., Proc], make
         assert metric_value(metrics(gw), "oss_requests_total", status_class="5xx") == 0
     finally:
         redis.stop()
+
+
+def test_tenants_never_share_answers(make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc],
+                                     redis_proc: Proc) -> None:
+    """A tenant is the key's team (or the key when it has none): a cached answer never crosses tenants."""
+    sim = make_sim()
+    gw = make_gateway(cache_config(sim), env={"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_proc.port}/0"})
+    admin = {"Authorization": f"Bearer {MASTER}"}
+    for team in ("red", "blue"):
+        assert httpx.post(f"{gw.url}/team/new", headers=admin, json={"team_id": team}).status_code == 200
+
+    def key(alias: str, team: str | None) -> str:
+        body: dict[str, Any] = {"key_alias": alias}
+        if team:
+            body["team_id"] = team
+        r = httpx.post(f"{gw.url}/key/generate", headers=admin, json=body)
+        assert r.status_code == 200, r.text
+        return str(r.json()["key"])
+
+    red1, red2, blue, solo = key("red-1", "red"), key("red-2", "red"), key("blue-1", "blue"), key("solo", None)
+    q = f"What is our refund policy? {uuid.uuid4().hex[:6]}"
+
+    def status(k: str) -> str:
+        return ask(gw, q, headers={"Authorization": f"Bearer {k}"})[0]
+
+    assert status(red1) == "MISS"
+    settle()
+    assert status(red2) == "HIT"  # same team
+    assert status(blue) == "MISS"  # another team
+    assert status(solo) == "MISS"  # a key without a team is its own tenant
