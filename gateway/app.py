@@ -38,7 +38,7 @@ from gateway.settings import Settings
 from gateway.streaming import StreamTally
 from gateway.tokens import TokenCounter
 from gateway.upstream import OpenAICompatible
-from gateway.usage import Usage, estimate_plain, estimate_stream, parse_plain
+from gateway.usage import Usage, estimate_plain, estimate_stream, parse_plain, usage_tail
 
 log = logging.getLogger("gateway")
 
@@ -227,9 +227,11 @@ class Gateway:
         return cost
 
     def after_plain(self, call: Call, dep: Deployment, body: bytes) -> None:
-        data, usage = parse_plain(body)
+        usage = usage_tail(body)
         if usage is None:
-            usage = estimate_plain(call.body, data)
+            data, usage = parse_plain(body)
+            if usage is None:
+                usage = estimate_plain(call.body, data)
         self.record_usage(call, dep, usage)
         if self.cache is not None and call.cache_status == "miss":
             self.spawn(self.cache_store(call, body))
@@ -237,9 +239,10 @@ class Gateway:
     def after_stream(self, call: Call, dep: Deployment, tally: StreamTally) -> None:
         now = time.perf_counter()
         if call.first_byte_at is not None:
-            self.metrics.ttft.labels(dep.alias, dep.id).observe(call.first_byte_at - call.started)
+            self.metrics.child(self.metrics.ttft, dep.alias, dep.id).observe(call.first_byte_at - call.started)
             if tally.events > 2:
-                self.metrics.itl.labels(dep.alias, dep.id).observe((now - call.first_byte_at) / (tally.events - 1))
+                self.metrics.child(self.metrics.itl, dep.alias, dep.id).observe(
+                    (now - call.first_byte_at) / (tally.events - 1))
         if tally.usage is not None:
             usage = Usage(int(tally.usage.get("prompt_tokens") or 0), int(tally.usage.get("completion_tokens") or 0),
                           False)

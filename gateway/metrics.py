@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -73,21 +74,39 @@ class Metrics:
         self.cache_errors = Counter("oss_cache_errors", "Cache operations that failed", ("op",), registry=r)
         self.reloads.labels("ok")
         self.reloads.labels("rejected")
+        # labelled children by label values: prometheus-client's labels() validates on every call,
+        # a dict lookup is a tenth of that (cleared when the config changes)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
 
     # -- recording helpers (each a few increments) ---------------------------------------------------
 
     def record_tokens(self, dep: Deployment, prompt: int, completion: int, team: str, key: str,
                       estimated: bool) -> float:
-        labels = (dep.alias, dep.served_model, dep.id, team, key, "true" if estimated else "false")
+        flag = "true" if estimated else "false"
+        key3 = ("tokens", dep.id, team, key, flag)
+        children = self._children.get(key3)
+        if children is None:
+            labels = (dep.alias, dep.served_model, dep.id, team, key, flag)
+            children = self._children[key3] = (self.prompt_tokens.labels(*labels),
+                                                self.completion_tokens.labels(*labels),
+                                                self.token_cost.labels(*labels))
         cost = dep.cost(prompt, completion)
-        self.prompt_tokens.labels(*labels).inc(prompt)
-        self.completion_tokens.labels(*labels).inc(completion)
-        self.token_cost.labels(*labels).inc(cost)
+        children[0].inc(prompt)
+        children[1].inc(completion)
+        children[2].inc(cost)
         return cost
 
     def publish_deployments(self, deployments: Iterable[Deployment], previous: Iterable[Deployment] = ()) -> None:
         """Set the per-deployment gauges for a (re)loaded config; drop series of removed deployments."""
         current = {d.id: d for d in deployments}
+        self._children.clear()
         for d in previous:
             if d.id not in current:
                 for g, labels in ((self.gpu_cost, (d.alias, d.served_model, d.id)),

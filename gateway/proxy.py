@@ -92,6 +92,7 @@ class Call:
     prompt_estimate: int | None = None
     cache_req: Any = None  # the cache's view of the request, from lookup to store
     completing: bool = False  # the last write of the response has begun
+    watcher: asyncio.Task[None] | None = None  # watches for a client disconnect (long requests only)
     ticket: Any = None  # keys.Ticket: the key/team admission to settle when the request ends
 
     @property
@@ -151,7 +152,7 @@ class Proxy:
         rid = headers.get(b"x-request-id")
         call = Call(endpoint=endpoint, request_id=rid.decode("latin-1")[:128] if rid else uuid.uuid4().hex,
                     started=time.perf_counter(), headers=headers)
-        watcher: asyncio.Task[None] | None = None
+        arm: asyncio.TimerHandle | None = None
         raw_send = send
 
         async def send(message: Message) -> None:  # noqa: F811 - marks the last write of the response
@@ -168,10 +169,11 @@ class Proxy:
                 call.stream = call.body.get("stream") is True
                 so = call.body.get("stream_options")
                 call.wants_usage = isinstance(so, dict) and so.get("include_usage") is True
-                # a client that goes away cancels the upstream request (GPU time is money)
+                # a client that goes away cancels the upstream request (GPU time is money); the watcher
+                # is armed only for requests still running after 50 ms (most finish before: no task)
                 task = asyncio.current_task()
                 assert task is not None
-                watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive, call, task))
+                arm = asyncio.get_running_loop().call_later(0.05, self._arm_watcher, receive, call, task)
                 await self._serve(call, send)
             except GatewayError as exc:
                 call.status = exc.status
@@ -196,9 +198,15 @@ class Proxy:
                 await self._send_error(send, call, GatewayError(500, "Internal gateway error (request id "
                                                                      f"{call.request_id})", "internal_error"))
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            if arm is not None:
+                arm.cancel()
+            if call.watcher is not None:
+                call.watcher.cancel()
             self._record_request(call)
+
+    def _arm_watcher(self, receive: Receive, call: Call, task: asyncio.Task[None]) -> None:
+        if not call.completing:
+            call.watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive, call, task))
 
     async def _watch_disconnect(self, receive: Receive, call: Call, task: asyncio.Task[None]) -> None:
         while True:
@@ -339,7 +347,7 @@ class Proxy:
         st = gw.router.state(dep)
         st.in_flight += 1
         st.note_request(dep, gw.router.clock())
-        gauge = gw.metrics.in_flight.labels(dep.alias, dep.id)
+        gauge = gw.metrics.child(gw.metrics.in_flight, dep.alias, dep.id)
         gauge.inc()
         call.deployment = dep
         try:
@@ -453,12 +461,12 @@ class Proxy:
         m = gw.metrics
         now = time.perf_counter()
         status_class = f"{call.status // 100}xx"
-        m.requests.labels(call.alias, status_class, call.cache_status, call.team, call.key).inc()
+        m.child(m.requests, call.alias, status_class, call.cache_status, call.team, call.key).inc()
         dep_id = call.deployment.id if call.deployment else ""
         if call.status < 400 or call.response_started:
-            m.duration.labels(call.alias, dep_id, "true" if call.stream else "false").observe(now - call.started)
+            m.child(m.duration, call.alias, dep_id, "true" if call.stream else "false").observe(now - call.started)
         until = call.first_byte_at if call.first_byte_at is not None else now
-        m.overhead.labels(call.alias).observe(max(0.0, until - call.started - call.upstream_wait))
+        m.child(m.overhead, call.alias).observe(max(0.0, until - call.started - call.upstream_wait))
         if call.status >= 500:
             log.warning("request %s alias=%s deployment=%s status=%d", call.request_id, call.alias, dep_id or "-",
                         call.status)

@@ -132,6 +132,7 @@ class OpenAICompatible:
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._headers: dict[tuple[str, str | None], dict[str, str]] = {}  # fixed headers per deployment
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, ttl_dns_cache=300,
@@ -156,12 +157,15 @@ class OpenAICompatible:
             t = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds, sock_connect=min(10.0, seconds))
         return t
 
-    @staticmethod
-    def headers(dep: Deployment, request_id: str) -> dict[str, str]:
-        h = {"Content-Type": "application/json", "Accept-Encoding": "identity", "X-Request-Id": request_id}
-        if dep.api_key:
-            h["Authorization"] = f"Bearer {dep.api_key}"
-        return h
+    def headers(self, dep: Deployment, request_id: str) -> dict[str, str]:
+        key = (dep.id, dep.api_key)
+        base = self._headers.get(key)
+        if base is None:
+            base = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+            if dep.api_key:
+                base["Authorization"] = f"Bearer {dep.api_key}"
+            self._headers[key] = base
+        return {**base, "X-Request-Id": request_id}
 
     async def request(self, dep: Deployment, endpoint: str, body: bytes, request_id: str) -> UpstreamReply:
         url = f"{dep.api_base}{PATHS[endpoint]}"

@@ -39,6 +39,29 @@ def usage_from(data: Mapping[str, Any] | None) -> Usage | None:
     return Usage(p, c if isinstance(c, int) else 0, False)
 
 
+def usage_tail(body: bytes) -> Usage | None:
+    """The `usage` object of a response body without parsing the whole body (it is near the end)."""
+    at = body.rfind(b'"usage"')
+    if at < 0:
+        return None
+    start = body.find(b"{", at + 7, at + 16)
+    if start < 0:
+        return None
+    depth = 0
+    for end in range(start, min(len(body), start + 4096)):
+        c = body[end]
+        if c == 123:  # {
+            depth += 1
+        elif c == 125:  # }
+            depth -= 1
+            if depth == 0:
+                try:
+                    return usage_from(orjson.loads(body[start:end + 1]))
+                except orjson.JSONDecodeError:
+                    return None
+    return None
+
+
 def parse_plain(body: bytes) -> tuple[dict[str, Any] | None, Usage | None]:
     try:
         data = orjson.loads(body)
