@@ -12,21 +12,15 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import errors
-from gateway.auth import MASTER, OPEN, Caller, bearer_token, is_master, require_admin
+from gateway.auth import MASTER, OPEN, Caller, bearer_token, is_master
 from gateway.config import ConfigError, Deployment, GatewayConfig, load_file, load_text
-from gateway.errors import GatewayError
 from gateway.health import HealthChecker
 from gateway.keys import KeyService
 from gateway.litellm_upstream import LiteLLMUpstream
@@ -41,9 +35,6 @@ from gateway.upstream import OpenAICompatible
 from gateway.usage import Usage, estimate_plain, estimate_stream, parse_plain, usage_tail
 
 log = logging.getLogger("gateway")
-
-SUPERVISOR_ENV = "GATEWAY_SUPERVISOR_PID"
-
 
 class Gateway:
     """One worker's gateway: config, routing state, clients and background tasks."""
@@ -260,6 +251,16 @@ class Gateway:
                                              dep.api_key, usage.completion_tokens)
         self.record_usage(call, dep, Usage(usage.prompt_tokens, completion, True))
 
+    async def ready_problems(self) -> list[str]:
+        """Why the gateway is not ready (empty when ready): one dead GPU is not a reason."""
+        problems: list[str] = []
+        if not self.config.aliases:
+            problems.append("no routes loaded")
+        if self.cache is not None and self.cache.backend == "redis" and not self.cache.redis_up:
+            problems.append("cache Redis unreachable")
+        problems.extend(self.keys.ready_problems())
+        return problems
+
     # -- cache ---------------------------------------------------------------------------------------
 
     async def cache_lookup(self, call: Call, send: Send) -> bool:
@@ -298,122 +299,10 @@ class Gateway:
             await self.cache.store(call.cache_req, body)
 
 
-def _error_response(exc: GatewayError) -> JSONResponse:
-    return JSONResponse(orjson.loads(exc.body()), status_code=exc.status, headers=exc.headers)
-
-
-def create_fastapi(gw: Gateway) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await gw.startup()
-        try:
-            yield
-        finally:
-            await gw.shutdown()
-
-    api = FastAPI(title="oss-gateway", version="0.1.0", lifespan=lifespan,
-                  description="OpenAI-compatible gateway for open-weight models")
-    api.state.gateway = gw
-
-    @api.exception_handler(GatewayError)
-    async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
-        return _error_response(exc)
-
-    @api.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        type_ = "invalid_request_error" if exc.status_code < 500 else "internal_error"
-        return _error_response(GatewayError(exc.status_code, str(exc.detail), type_, None,
-                                            "not_found" if exc.status_code == 404 else None))
-
-    @api.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = ".".join(str(x) for x in first.get("loc", ()) if x not in ("body", "query"))
-        return _error_response(errors.invalid_request(f"{loc or 'request'}: {first.get('msg', 'invalid')}",
-                                                      loc or None))
-
-    @api.get("/health/live", tags=["health"])
-    async def live() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @api.get("/health/ready", tags=["health"])
-    async def ready() -> Response:
-        problems = await gw_ready_problems(gw)
-        if problems:
-            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
-        return JSONResponse({"status": "ready", "config": gw.config.digest, "aliases": list(gw.config.aliases)})
-
-    @api.get("/health/deployments", tags=["health"])
-    async def deployments() -> dict[str, Any]:
-        return {"deployments": gw.router.report(gw.config)}
-
-    def models_payload(caller: Caller) -> dict[str, Any]:
-        created = int(gw.started_at)
-        return {"object": "list", "data": [
-            {"id": a, "object": "model", "created": created, "owned_by": "oss-gateway"}
-            for a in gw.visible_aliases(caller, gw.config)]}
-
-    @api.get("/v1/models", tags=["openai"])
-    async def list_models(request: Request) -> dict[str, Any]:
-        return models_payload(await gw.authenticate(dict(request.scope["headers"]), ""))
-
-    @api.get("/models", include_in_schema=False)
-    async def list_models_bare(request: Request) -> dict[str, Any]:
-        return models_payload(await gw.authenticate(dict(request.scope["headers"]), ""))
-
-    @api.get("/v1/models/{model_id}", tags=["openai"])
-    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-        caller = await gw.authenticate(dict(request.scope["headers"]), model_id)
-        if model_id not in gw.config.aliases or not caller.may_use(model_id):
-            raise errors.model_not_found(model_id, gw.visible_aliases(caller, gw.config))
-        return {"id": model_id, "object": "model", "created": int(gw.started_at), "owned_by": "oss-gateway"}
-
-    @api.get("/metrics", tags=["ops"])
-    async def metrics() -> Response:
-        return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    @api.post("/admin/reload", tags=["admin"])
-    async def admin_reload(request: Request) -> Response:
-        require_admin(dict(request.scope["headers"]), gw.master_key)
-        ok = gw.reload_file()
-        if ok:
-            supervisor = os.environ.get(SUPERVISOR_ENV)
-            if supervisor and supervisor.isdigit() and int(supervisor) == os.getppid():
-                os.kill(int(supervisor), signal.SIGHUP)  # the supervisor tells every worker
-            return JSONResponse({"status": "reloaded", "config": gw.config.digest,
-                                 "aliases": {a: [d.id for d in ds] for a, ds in gw.config.aliases.items()}})
-        return _error_response(errors.invalid_request("Config rejected; the running routes are unchanged. "
-                                                      "See the gateway log for the YAML paths of the problems."))
-
-    @api.delete("/cache", tags=["admin"])
-    async def clear_cache(request: Request, namespace: str | None = None) -> dict[str, Any]:
-        """Delete cached answers: one namespace (`?namespace=`), or every entry when none is given."""
-        require_admin(dict(request.scope["headers"]), gw.master_key)
-        if gw.cache is None:
-            return {"deleted": 0, "cache": "off"}
-        return {"deleted": await gw.cache.clear(namespace), "namespace": namespace}
-
-    from gateway.schemas import declare_openai_routes
-
-    declare_openai_routes(api)
-    from gateway.keys.routes import build_router as keys_router
-
-    api.include_router(keys_router(gw))
-    return api
-
-
-async def gw_ready_problems(gw: Gateway) -> list[str]:
-    problems: list[str] = []
-    if not gw.config.aliases:
-        problems.append("no routes loaded")
-    if gw.cache is not None and hasattr(gw.cache, "redis_up") and not gw.cache.redis_up:
-        problems.append("cache Redis unreachable")
-    problems.extend(gw.keys.ready_problems())
-    return problems
-
-
 class GatewayASGI:
-    """Raw-ASGI dispatch: the OpenAI POST endpoints go straight to the proxy, the rest to FastAPI."""
+    """Raw-ASGI front: the lifespan, `/health/live` and `/health/ready`, and the OpenAI POST endpoints are
+    served here directly; everything else goes to a FastAPI app that is built once the gateway is ready
+    (its import is the slowest part of a start, and nothing on the hot path needs it)."""
 
     HOT = {
         "/v1/chat/completions": "chat", "/chat/completions": "chat",
@@ -421,17 +310,75 @@ class GatewayASGI:
         "/v1/embeddings": "embeddings", "/embeddings": "embeddings",
     }
 
-    def __init__(self, gw: Gateway, api: FastAPI) -> None:
+    def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.api = api
+        self._api: Any = None
+        self._api_building: asyncio.Task[Any] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.HOT.get(scope["path"])
-            if endpoint is not None:
-                await self.gw.proxy(endpoint, scope, receive, send)
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            if scope["method"] == "POST":
+                endpoint = self.HOT.get(path)
+                if endpoint is not None:
+                    await self.gw.proxy(endpoint, scope, receive, send)
+                    return
+            elif path == "/health/live":
+                await _send_json(send, 200, {"status": "ok"})
                 return
-        await self.api(scope, receive, send)
+            elif path == "/health/ready":
+                problems = await self.gw.ready_problems()
+                if problems:
+                    await _send_json(send, 503, {"status": "not ready", "problems": problems})
+                else:
+                    await _send_json(send, 200, {"status": "ready", "config": self.gw.config.digest,
+                                                 "aliases": list(self.gw.config.aliases)})
+                return
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        api = self._api or await self.api()
+        await api(scope, receive, send)
+
+    async def api(self) -> Any:
+        """The FastAPI app, built on first use (or in the background right after start)."""
+        if self._api is None:
+            if self._api_building is None:
+                self._api_building = asyncio.get_running_loop().create_task(self._build_api())
+            self._api = await asyncio.shield(self._api_building)
+        return self._api
+
+    async def _build_api(self) -> Any:
+        import importlib
+
+        # the imports (most of the cost) run in a thread, so requests keep flowing meanwhile
+        module = await asyncio.to_thread(importlib.import_module, "gateway.api")
+        return module.create_fastapi(self.gw)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.gw.startup()
+                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                    await self.gw.shutdown()
+                    await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                    return
+                self.gw.spawn(self.api())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gw.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def _send_json(send: Send, status: int, payload: Any) -> None:
+    body = orjson.dumps(payload)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -443,7 +390,7 @@ def build_gateway(settings: Settings) -> Gateway:
 def create_app(settings: Settings | None = None, gateway: Gateway | None = None) -> GatewayASGI:
     settings = settings or Settings()
     gw = gateway or build_gateway(settings)
-    return GatewayASGI(gw, create_fastapi(gw))
+    return GatewayASGI(gw)
 
 
 def create_app_from_env() -> GatewayASGI:
