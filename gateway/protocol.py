@@ -110,9 +110,10 @@ def validate(endpoint: str, body: Mapping[str, Any]) -> str:
             raise invalid_request("'input' must be a string or a non-empty array", "input")
         if "stream" in body and body["stream"]:
             raise invalid_request("'stream' is not supported for embeddings", "stream")
-    for name, (ok, expected) in _CHECKS.items():
-        if name in body:
-            value = body[name]
+    for name, value in body.items():  # a request has a few fields; _CHECKS has many
+        check = _CHECKS.get(name)
+        if check is not None:
+            ok, expected = check
             if value is None and name not in ("stream", "cache"):
                 continue
             if not ok(value):

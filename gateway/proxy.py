@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 import uuid
@@ -47,6 +48,8 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 JSON_CT = (b"content-type", b"application/json")
+_CACHE_HEADERS = {status: (b"x-gateway-cache", status.upper().replace("_", "-").encode())
+                  for status in ("hit", "semantic_hit", "miss", "bypass")}
 
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
@@ -144,13 +147,14 @@ class Proxy:
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
+        self._dep_headers: dict[str, tuple[bytes, bytes]] = {}
 
     # -- ASGI entry ---------------------------------------------------------------------------------
 
     async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
         rid = headers.get(b"x-request-id")
-        call = Call(endpoint=endpoint, request_id=rid.decode("latin-1")[:128] if rid else uuid.uuid4().hex,
+        call = Call(endpoint=endpoint, request_id=rid.decode("latin-1")[:128] if rid else os.urandom(16).hex(),
                     started=time.perf_counter(), headers=headers)
         arm: asyncio.TimerHandle | None = None
         raw_send = send
@@ -363,10 +367,12 @@ class Proxy:
 
     def response_headers(self, call: Call, dep: Deployment | None, base: list[tuple[bytes, bytes]]) -> list[
             tuple[bytes, bytes]]:
-        hs = [*base, (b"x-request-id", call.request_id.encode("latin-1")),
-              (b"x-gateway-cache", call.cache_status.upper().replace("_", "-").encode())]
+        hs = [*base, (b"x-request-id", call.request_id.encode("latin-1")), _CACHE_HEADERS[call.cache_status]]
         if dep is not None:
-            hs.append((b"x-gateway-deployment", dep.id.encode("latin-1", "replace")))
+            value = self._dep_headers.get(dep.id)
+            if value is None:
+                value = self._dep_headers[dep.id] = (b"x-gateway-deployment", dep.id.encode("latin-1", "replace"))
+            hs.append(value)
         return hs
 
     async def _plain(self, call: Call, send: Send, dep: Deployment) -> None:

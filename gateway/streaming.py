@@ -68,8 +68,11 @@ class StreamTally:
         kept: list[bytes] = []
         changed = False
         for ev in iter_events(block):
+            if b'"usage"' not in ev:
+                kept.append(ev)
+                continue
             data = event_data(ev)
-            if data is None or b'"usage"' not in data or data == b"[DONE]":
+            if data is None or data == b"[DONE]":
                 kept.append(ev)
                 continue
             try:

@@ -47,19 +47,17 @@ def usage_tail(body: bytes) -> Usage | None:
     start = body.find(b"{", at + 7, at + 16)
     if start < 0:
         return None
-    depth = 0
-    for end in range(start, min(len(body), start + 4096)):
-        c = body[end]
-        if c == 123:  # {
-            depth += 1
-        elif c == 125:  # }
-            depth -= 1
-            if depth == 0:
-                try:
-                    return usage_from(orjson.loads(body[start:end + 1]))
-                except orjson.JSONDecodeError:
-                    return None
-    return None
+    end = start
+    while True:  # the first "}" that closes as many braces as were opened (usage may nest *_details)
+        end = body.find(b"}", end + 1, start + 4096)
+        if end < 0:
+            return None
+        if body.count(b"{", start, end) == body.count(b"}", start, end) + 1:
+            break
+    try:
+        return usage_from(orjson.loads(body[start:end + 1]))
+    except orjson.JSONDecodeError:
+        return None
 
 
 def parse_plain(body: bytes) -> tuple[dict[str, Any] | None, Usage | None]:
