@@ -29,6 +29,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,7 @@ MODEL = "bench-model"
 PROMPT = "Say hello in one short sentence."
 # LiteLLM refuses to start without a (strong) master key; every target gets the same Authorization header
 BENCH_KEY = "sk-bench-" + secrets.token_hex(24)
+ADMIN_KEY = "sk-admin-" + secrets.token_hex(24)  # the gateway's master key with --virtual-key
 
 # -- the fixed upstream answers ------------------------------------------------------------------------
 
@@ -285,7 +287,8 @@ def ensure_litellm(venv: Path) -> tuple[Path, str]:
 async def _ttft_once(session: Any, url: str, body: bytes) -> float:
     t0 = time.perf_counter()
     first: float | None = None
-    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+    async with session.post(url, data=body, headers={"Content-Type": "application/json",
+                                                     "Authorization": f"Bearer {BENCH_KEY}"}) as resp:
         if resp.status != 200:
             raise RuntimeError(f"{url}: HTTP {resp.status}: {(await resp.read())[:300]!r}")
         buf = b""
@@ -391,6 +394,7 @@ class Options:
     keep: bool
     profile: float
     ttft_only: bool
+    virtual_key: bool = False  # the gateway's requests carry a virtual key with limits (auth + limits on)
 
 
 def check_tools() -> None:
@@ -453,9 +457,42 @@ class Bench:
             cfg = _merge(cfg, yaml.safe_load(self.o.gateway_yaml.read_text()) or {})
         return write_yaml(self.work / "router.yaml", cfg)
 
+    def start_state_redis(self) -> str:
+        """A redis-server for keys and limits (--virtual-key): one for all gateway starts."""
+        url = getattr(self, "_state_redis_url", None)
+        if url is None:
+            exe = shutil.which("redis-server")
+            if exe is None:
+                sys.exit(f"core_bench: redis-server not found: {SETUP_HINT}")
+            port = free_port()
+            self.procs.start("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no"], port)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            url = self._state_redis_url = f"redis://127.0.0.1:{port}/0"
+        return url
+
+    def create_virtual_key(self, proc: Proc) -> None:
+        """BENCH_KEY becomes a virtual key with (generous) rpm/tpm/budget limits, checked on every request."""
+        body = json.dumps({"key": BENCH_KEY, "key_alias": "bench", "rpm_limit": 10**9, "tpm_limit": 10**12,
+                           "max_parallel_requests": 10**6, "max_budget": 10**6, "budget_duration": "30d"}).encode()
+        status, out = http_status(proc.port, "/key/generate", timeout=10, method="POST", body=body,
+                                  headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"})
+        if status != 200 and b"exists" not in out and b"already" not in out:
+            raise RuntimeError(f"key/generate answered {status}: {out[:300]!r}")
+
     def start_gateway(self, config: Path) -> Proc:
         port = free_port()
         env: dict[str, str | None] = {"GATEWAY_LOG_LEVEL": "info", **self.o.gateway_env}
+        if self.o.virtual_key:
+            env.update({"GATEWAY_MASTER_KEY": ADMIN_KEY, "GATEWAY_STATE_REDIS_URL": self.start_state_redis()})
         # `python -m gateway` from the source dir: that checkout's gateway/ comes first on sys.path
         return self.procs.start("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config),
                                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -468,6 +505,8 @@ class Bench:
         for i in range(3):
             proc = self.start_gateway(config)
             ready.append(proc.wait_ready("/health/ready", timeout=60, interval=0.002))
+            if self.o.virtual_key and i == 0:
+                self.create_virtual_key(proc)
             if i < 2:
                 self.procs.stop(proc)
         assert proc is not None
@@ -815,6 +854,9 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                    help="also py-spy the gateway under c=16 plain load for SECONDS (needs py-spy)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
+    p.add_argument("--virtual-key", action="store_true",
+                   help="auth and limits on: the gateway gets a master key and a state redis-server, and the "
+                        "benchmark's key is a virtual key with rpm/tpm/parallel/budget limits")
     p.add_argument("--ttft-only", action="store_true",
                    help="only the gateway's ready time, RSS and the TTFT comparison (no wrk, no LiteLLM)")
     a = p.parse_args(argv)
@@ -835,7 +877,7 @@ def parse_args(argv: list[str]) -> Options:
                    skip_litellm=a.skip_litellm, gateway_env=env, gateway_cli=cli, gateway_yaml=a.gateway_yaml,
                    gateway_src=a.gateway_src.resolve(),
                    litellm_venv=a.litellm_venv, sim_args=shlex.split(a.sim_args), out=a.out, keep=a.keep,
-                   profile=a.profile, ttft_only=a.ttft_only)
+                   profile=a.profile, ttft_only=a.ttft_only, virtual_key=a.virtual_key)
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 
 from scripts import promql
@@ -23,14 +24,34 @@ PRICES = {"input_cost_per_token": 0.0000006, "output_cost_per_token": 0.0000024,
 MODELS = ("gpt-oss-120b", "Qwen3-8B", "Qwen2.5-14B")
 
 
-def traffic(gw: Proc, stop: threading.Event, rate_pause: float = 0.05) -> None:
-    """Plain and streamed requests over every alias (repeats hit the cache; `flaky` falls back) until stop."""
+MASTER_KEY = "sk-live-stack-master-key"
+TEAM_KEYS = (("search-ranker", "search"), ("search-indexer", "search"), ("support-bot", "support"),
+             ("batch-jobs", None))
+
+
+def create_keys(gw: Proc) -> list[str]:
+    """Teams and virtual keys, so spend has teams and keys (the last key has no team)."""
+    admin = {"Authorization": f"Bearer {MASTER_KEY}"}
+    for team in sorted({t for _, t in TEAM_KEYS if t}):
+        httpx.post(f"{gw.url}/team/new", headers=admin, json={"team_id": team}, timeout=10).raise_for_status()
+    keys = []
+    for alias, team in TEAM_KEYS:
+        body = {"key_alias": alias, **({"team_id": team} if team else {})}
+        r = httpx.post(f"{gw.url}/key/generate", headers=admin, json=body, timeout=10)
+        r.raise_for_status()
+        keys.append(str(r.json()["key"]))
+    return keys
+
+
+def traffic(gw: Proc, stop: threading.Event, keys: list[str], rate_pause: float = 0.05) -> None:
+    """Plain and streamed requests over every alias and key (repeats hit the cache; `flaky` falls back)."""
 
     async def run() -> None:
-        ac = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="none", max_retries=0)
+        clients = [openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=k, max_retries=0) for k in keys]
 
         async def one(i: int) -> None:
             alias = ("smart", "fast", "long", "flaky")[i % 4]
+            ac = clients[(i // 4) % len(clients)]
             try:
                 if i % 3 == 0:  # unique prompts: streams reach the upstream (TTFT, inter-token latency)
                     stream = await ac.chat.completions.create(
@@ -49,7 +70,8 @@ def traffic(gw: Proc, stop: threading.Event, rate_pause: float = 0.05) -> None:
             await asyncio.gather(*(one(i + k) for k in range(8)))
             i += 8
             await asyncio.sleep(rate_pause)
-        await ac.close()
+        for ac in clients:
+            await ac.close()
 
     asyncio.run(run())
 
@@ -80,9 +102,9 @@ def live_stack(workdir: Path, redis_url: str, workers: int = 2) -> Iterator[Stac
     }
     workdir.mkdir(parents=True, exist_ok=True)
     path = write_config(config, workdir)
-    gw = start_gateway(path, workers=workers, env={"GATEWAY_REDIS_URL": redis_url})
+    gw = start_gateway(path, workers=workers, env={"GATEWAY_REDIS_URL": redis_url, "GATEWAY_MASTER_KEY": MASTER_KEY})
     stop = threading.Event()
-    driver = threading.Thread(target=traffic, args=(gw, stop), daemon=True)
+    driver = threading.Thread(target=traffic, args=(gw, stop, create_keys(gw)), daemon=True)
     prom = None
     try:
         driver.start()
