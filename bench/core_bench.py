@@ -481,8 +481,8 @@ class Bench:
 
     def create_virtual_key(self, proc: Proc) -> None:
         """BENCH_KEY becomes a virtual key with (generous) rpm/tpm/budget limits, checked on every request."""
-        body = json.dumps({"key": BENCH_KEY, "key_alias": "bench", "rpm_limit": 10**9, "tpm_limit": 10**12,
-                           "max_parallel_requests": 10**6, "max_budget": 10**6, "budget_duration": "30d"}).encode()
+        body = json.dumps({"key": BENCH_KEY, "key_alias": "bench", "rpm_limit": 10**8, "tpm_limit": 10**9,
+                           "max_parallel_requests": 10**5, "max_budget": 10**5, "budget_duration": "30d"}).encode()
         status, out = http_status(proc.port, "/key/generate", timeout=10, method="POST", body=body,
                                   headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"})
         if status != 200 and b"exists" not in out and b"already" not in out:
