@@ -224,7 +224,7 @@ class Gateway:
             if usage is None:
                 usage = estimate_plain(call.body, data)
         self.record_usage(call, dep, usage)
-        if self.cache is not None and call.cache_status == "miss":
+        if self.cache is not None and call.cache_status in ("miss", "bypass"):  # no-cache still stores
             self.spawn(self.cache_store(call, body))
 
     def after_stream(self, call: Call, dep: Deployment, tally: StreamTally) -> None:
@@ -240,7 +240,7 @@ class Gateway:
             self.record_usage(call, dep, usage)
         elif tally.events:
             self.spawn(self._estimate_stream(call, dep, tally))
-        if self.cache is not None and call.cache_status == "miss" and tally.done and call.status == 200:
+        if self.cache is not None and call.cache_status in ("miss", "bypass") and tally.done and call.status == 200:
             from gateway.cache import assemble_stream
 
             self.spawn(self.cache_store(call, assemble_stream(tally.chunks())))

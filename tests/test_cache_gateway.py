@@ -104,6 +104,11 @@ def test_controls(make_sim: Callable[..., Proc], make_gateway: Callable[..., Pro
     assert ask(gw, q)[0] == "HIT"
     assert ask(gw, q, extra={"cache": {"no-cache": True}})[0] == "BYPASS"
     assert ask(gw, q, headers={"Cache-Control": "no-cache"})[0] == "BYPASS"
+    # no-cache skips the lookup but still stores the fresh answer (as LiteLLM does)
+    q1 = f"fresh answer {uuid.uuid4().hex}"
+    assert ask(gw, q1, extra={"cache": {"no-cache": True}})[0] == "BYPASS"
+    settle()
+    assert ask(gw, q1)[0] == "HIT"
     # no-store: answered by the upstream, not kept
     q2 = f"not stored {uuid.uuid4().hex}"
     ask(gw, q2, extra={"cache": {"no-store": True}})

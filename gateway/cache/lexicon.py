@@ -285,3 +285,34 @@ SYNONYMS: dict[str, str] = {
     "improve": "improve", "enhance": "improve", "boost": "improve",
     "gf": "girlfriend", "bf": "boyfriend",
 }
+
+# British -> American spellings (applied to every token before the guards, so "colour"/"color",
+# "organise"/"organize", "grey"/"gray" are the same word).
+_ISE_STEMS = """organ real recogn apolog optim custom priorit minim maxim util special summar memor categor critic
+emphas final author normal visual initial serial synchron standard character modern global capital central
+personal legal monet digit stabil neutral industrial commercial civil fertil steril harmon jeopard familiar
+hospital item local mobil motor penal popular public rational revolution social subsid symbol theor tranquil
+vapor victim western general"""
+_ISE_SUFFIXES = (("ise", "ize"), ("ised", "ized"), ("ises", "izes"), ("ising", "izing"), ("isation", "ization"),
+                 ("isations", "izations"), ("iser", "izer"), ("isers", "izers"))
+_OUR_STEMS = "colo favo behavio hono labo neighbo humo flavo harbo rumo vapo savo endeavo armo"
+SPELLING: dict[str, str] = {
+    **{stem + br: stem + us for stem in _ISE_STEMS.split() for br, us in _ISE_SUFFIXES},
+    **{stem + "ur" + end: stem + "r" + end for stem in _OUR_STEMS.split()
+       for end in ("", "s", "ed", "ing", "ite", "ites", "ful", "able", "hood", "al")},
+    "analyse": "analyze", "analysed": "analyzed", "analysing": "analyzing", "paralyse": "paralyze",
+    "centre": "center", "centres": "centers", "theatre": "theater", "theatres": "theaters", "fibre": "fiber",
+    "metre": "meter", "metres": "meters", "litre": "liter", "litres": "liters", "kilometre": "kilometer",
+    "kilometres": "kilometers", "centimetre": "centimeter", "centimetres": "centimeters",
+    "defence": "defense", "licence": "license", "offence": "offense", "pretence": "pretense",
+    "programme": "program", "programmes": "programs", "catalogue": "catalog", "dialogue": "dialog",
+    "travelling": "traveling", "travelled": "traveled", "traveller": "traveler", "travellers": "travelers",
+    "cancelled": "canceled", "cancelling": "canceling", "modelling": "modeling", "labelled": "labeled",
+    "labelling": "labeling", "jewellery": "jewelry", "grey": "gray", "tyre": "tire", "tyres": "tires",
+    "cheque": "check", "cheques": "checks", "aluminium": "aluminum", "mum": "mom", "maths": "math",
+    "aeroplane": "airplane", "aeroplanes": "airplanes", "ageing": "aging", "enrol": "enroll",
+    "fulfil": "fulfill", "skilful": "skillful", "whilst": "while", "amongst": "among", "learnt": "learned",
+    "pyjamas": "pajamas", "plough": "plow", "sceptical": "skeptical", "manoeuvre": "maneuver",
+    "oestrogen": "estrogen", "paediatric": "pediatric", "anaemia": "anemia", "diarrhoea": "diarrhea",
+    "haemoglobin": "hemoglobin", "orthopaedic": "orthopedic", "encyclopaedia": "encyclopedia",
+}
