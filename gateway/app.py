@@ -324,10 +324,10 @@ class GatewayASGI:
                 if endpoint is not None:
                     await self.gw.proxy(endpoint, scope, receive, send)
                     return
-            elif path == "/health/live":
+            elif path in ("/health/live", "/health/liveliness"):  # LiteLLM's probe paths work too
                 await _send_json(send, 200, {"status": "ok"})
                 return
-            elif path == "/health/ready":
+            elif path in ("/health/ready", "/health/readiness"):
                 problems = await self.gw.ready_problems()
                 if problems:
                     await _send_json(send, 503, {"status": "not ready", "problems": problems})

@@ -148,8 +148,10 @@ def test_unreachable_upstream_then_unhealthy_is_503(setup: tuple[Proc, Proc, Pro
     report = httpx.get(f"{gw.url}/health/deployments").json()["deployments"]
     dead = [d for d in report if d["alias"] == "dead"][0]
     assert dead["healthy"] is False
-    # readiness is about the gateway, not one GPU: still ready
+    # readiness is about the gateway, not one GPU: still ready (also on LiteLLM's probe paths)
     assert httpx.get(f"{gw.url}/health/ready").status_code == 200
+    assert httpx.get(f"{gw.url}/health/readiness").status_code == 200
+    assert httpx.get(f"{gw.url}/health/liveliness").json() == {"status": "ok"}
 
 
 def test_timeout_is_504(setup: tuple[Proc, Proc, Proc]) -> None:
