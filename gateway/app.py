@@ -64,6 +64,9 @@ class Gateway:
         await self.upstream.start()
         await self.keys.start()
         if self.cache is not None:
+            probe = getattr(self.cache.embedder, "probe", None) if self.cache.semantic else None
+            if probe is not None:
+                await probe()  # an embeddings alias: the vector size, before the index is built
             if self.cache.backend == "redis":
                 self.metrics.redis_up.labels("cache").set(1 if self.cache.redis_up else 0)
             await self.cache.start()
@@ -130,7 +133,14 @@ class Gateway:
             namespace=cp.namespace,
             max_temperature=float(max_temperature) if isinstance(max_temperature, (int, float)) else 0.0,
         )
-        cache = ResponseCache.create(settings)
+        alias = cp.params.get("redis_semantic_cache_embedding_model")
+        embedder = None
+        if isinstance(alias, str) and alias:
+            from gateway.embeddings import AliasEmbedder
+
+            dim = cp.params.get("embedding_dim")
+            embedder = AliasEmbedder(self, alias, int(dim) if isinstance(dim, int) else None)
+        cache = ResponseCache(settings, embedder=embedder)
         cache.on_error = lambda kind, _exc: self.metrics.cache_errors.labels(kind).inc()
         cache.on_redis_state = lambda up: self.metrics.redis_up.labels("cache").set(1 if up else 0)
         return cache

@@ -479,6 +479,16 @@ def parse_config(raw: Any, source: str = "") -> GatewayConfig:
         if dst not in aliases:
             p.error("router_settings.default_fallbacks", f"unknown alias {dst!r}")
     cache = _parse_cache(ls, p)
+    embed_alias = cache.params.get("redis_semantic_cache_embedding_model")
+    if embed_alias is not None:
+        where = "litellm_settings.cache_params.redis_semantic_cache_embedding_model"
+        if embed_alias not in aliases:
+            p.error(where, f"unknown alias {embed_alias!r}")
+        elif not all(d.native for d in aliases[embed_alias]):
+            p.error(where, f"alias {embed_alias!r} must be served by OpenAI-compatible deployments")
+    dim = cache.params.get("embedding_dim")
+    if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
+        p.error("litellm_settings.cache_params.embedding_dim", "must be a positive whole number")
     master_key = _resolve_env(gs.get("master_key"), "general_settings.master_key", p, False)
     if master_key is not None and not isinstance(master_key, str):
         p.error("general_settings.master_key", "must be a string")

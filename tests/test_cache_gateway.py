@@ -275,3 +275,34 @@ def test_tenants_never_share_answers(make_sim: Callable[..., Proc], make_gateway
     assert status(red2) == "HIT"  # same team
     assert status(blue) == "MISS"  # another team
     assert status(solo) == "MISS"  # a key without a team is its own tenant
+
+
+def test_semantic_cache_can_embed_with_an_alias(make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc],
+                                                redis_proc: Proc, tmp_path: Any) -> None:
+    """`redis_semantic_cache_embedding_model` (LiteLLM's key) embeds with an embeddings alias of router.yaml."""
+    sim = make_sim()
+    embed = make_sim("--model", "bge-small", "--embedding-dim", "64")
+    config = cache_config(sim, redis_semantic_cache_embedding_model="embed")
+    config["model_list"].append(deployment("embed", embed, "bge-small", mode="embedding"))
+    gw = make_gateway(config, env={"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_proc.port}/0"})
+    probes = sim_stats(embed)["requests"].get("/v1/embeddings", 0)
+    assert probes == 1  # the vector size, asked of the model at start
+    q = f"How do I export my invoices? {uuid.uuid4().hex[:6]}"
+    assert ask(gw, q)[0] == "MISS"
+    settle()
+    assert ask(gw, q)[0] == "HIT"
+    assert ask(gw, "What is the weather like on Mars today?")[0] == "MISS"
+    # the last user messages were embedded by the alias's deployment, not the local model
+    assert sim_stats(embed)["requests"]["/v1/embeddings"] >= probes + 2
+    assert sim_stats(embed)["last_request"]["model"] == "bge-small"
+    # a config naming an alias that does not exist is refused with its YAML path
+    bad = tmp_path / "router.yaml"
+    import subprocess
+    import sys
+
+    import yaml
+
+    bad.write_text(yaml.safe_dump(cache_config(sim, redis_semantic_cache_embedding_model="nope")))
+    out = subprocess.run([sys.executable, "-m", "gateway", "check", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "litellm_settings.cache_params.redis_semantic_cache_embedding_model: unknown alias 'nope'" in out.stderr
