@@ -401,8 +401,3 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None)
     settings = settings or Settings()
     gw = gateway or build_gateway(settings)
     return GatewayASGI(gw)
-
-
-def create_app_from_env() -> GatewayASGI:
-    """uvicorn factory: settings from GATEWAY_* (the CLI puts its flags there for worker processes)."""
-    return create_app(Settings())

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import orjson
+
 PER_MESSAGE_OVERHEAD = 4  # role markers and separators of a chat template
 
 
@@ -62,8 +64,6 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     tools = body.get("tools")
     tool_tokens = 0
     if isinstance(tools, list) and tools:
-        import orjson
-
         tool_tokens = estimate_text_tokens(orjson.dumps(tools).decode())
     return estimate_text_tokens(prompt_text(body)) + PER_MESSAGE_OVERHEAD * n_messages + tool_tokens
 

@@ -11,9 +11,8 @@ from typing import Any
 
 import orjson
 
-from gateway.config import Deployment
 from gateway.streaming import StreamTally, estimate_completion_tokens, streamed_text
-from gateway.tokens import estimate_prompt_tokens, estimate_text_tokens, prompt_text
+from gateway.tokens import estimate_prompt_tokens, estimate_text_tokens
 
 log = logging.getLogger("gateway.usage")
 
@@ -96,7 +95,3 @@ def estimate_plain(body: Mapping[str, Any], data: Mapping[str, Any] | None) -> U
 def estimate_stream(body: Mapping[str, Any], tally: StreamTally) -> tuple[Usage, str]:
     chunks = tally.chunks()
     return Usage(estimate_prompt_tokens(body), estimate_completion_tokens(chunks), True), streamed_text(chunks)
-
-
-def estimate_request_prompt(dep: Deployment, body: Mapping[str, Any]) -> tuple[int, str]:
-    return estimate_prompt_tokens(body), prompt_text(body)
