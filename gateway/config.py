@@ -17,9 +17,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.strategies import STRATEGIES
+
 # Providers served natively: any OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI, SGLang).
 NATIVE_PROVIDERS = frozenset({"openai", "hosted_vllm", "openai_compatible", "custom_openai"})
-ROUTING_STRATEGIES = frozenset({"simple-shuffle", "least-busy"})
+ROUTING_STRATEGIES = frozenset(STRATEGIES)
 # LiteLLM strategies we accept but serve as simple-shuffle (reported at load).
 LITELLM_ONLY_STRATEGIES = frozenset(
     {"usage-based-routing", "usage-based-routing-v2", "latency-based-routing", "cost-based-routing"}
@@ -375,7 +377,7 @@ def _parse_router(rs: Mapping[str, Any], ls: Mapping[str, Any], p: _Problems) ->
         strategy = "simple-shuffle"
     elif strategy not in ROUTING_STRATEGIES:
         p.error("router_settings.routing_strategy",
-                f"unknown strategy {strategy!r} (use simple-shuffle or least-busy)")
+                f"unknown strategy {strategy!r} (use one of: {', '.join(sorted(ROUTING_STRATEGIES))})")
         strategy = "simple-shuffle"
 
     def pick(key: str) -> Any:

@@ -38,7 +38,7 @@ class AliasEmbedder:
         deployments = config.aliases.get(self.alias)
         if not deployments:
             raise RuntimeError(f"embeddings alias '{self.alias}' is not in the config")
-        dep = self.gw.router.pick(self.alias, deployments, config.router.routing_strategy)
+        dep = self.gw.router.pick(self.alias, deployments, config.router.routing_strategy).deployment
         body = orjson.dumps({"model": dep.served_model, "input": list(texts)})
         reply = await self.gw.upstream.request(dep, "embeddings", body, os.urandom(16).hex())
         data: Any = orjson.loads(reply.body).get("data")

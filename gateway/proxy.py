@@ -258,6 +258,10 @@ class Proxy:
                 chain[:0] = [(a, "context_window") for a in config.router.context_window_fallbacks.get(alias, ())]
             except _AliasExhausted as exc:
                 last_error = exc.error
+                if len(fits) < len(deployments):
+                    # every deployment that could take this prompt is unavailable, and the others cannot
+                    # take it: a larger-context alias is the next place to go, before ordinary fallbacks
+                    chain[:0] = [(a, "context_window") for a in config.router.context_window_fallbacks.get(alias, ())]
                 more = config.router.fallbacks.get(alias)
                 if more is None and alias == call.alias:
                     more = config.router.default_fallbacks
@@ -291,7 +295,7 @@ class Proxy:
         last_dep: Deployment | None = None
         for attempt in range(settings.num_retries + 1):
             try:
-                dep = router.pick(alias, deployments, settings.routing_strategy, tried)
+                dep = router.pick(alias, deployments, settings.routing_strategy, tried).deployment
             except NoDeployment as nd:
                 if last is None:
                     if nd.reason == "rate_limited":

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.config import Deployment, GatewayConfig, RouterSettings
+from gateway.strategies import STRATEGIES, Decision, RouteRequest, Strategy
 
 WINDOW = 60.0  # seconds: rpm/tpm windows and the allowed_fails window, as LiteLLM counts them
 
@@ -78,6 +79,17 @@ class RouterState:
         self.clock = clock
         self.rng = rng or random.Random()
         self.states: dict[str, DeploymentState] = {}
+        self._strategies: dict[str, Strategy] = {}  # one instance (with its own state) per strategy name
+
+    def in_flight(self, dep: Deployment) -> int:
+        st = self.states.get(dep.id)
+        return st.in_flight if st is not None else 0
+
+    def strategy(self, name: str) -> Strategy:
+        s = self._strategies.get(name)
+        if s is None:
+            s = self._strategies[name] = STRATEGIES[name]()
+        return s
 
     def sync(self, deployments: Iterable[Deployment]) -> None:
         """Make sure every deployment has a state; states of removed ones go once nothing is in flight."""
@@ -99,7 +111,10 @@ class RouterState:
         return st.healthy and st.cooldown_until <= now and st.limit_wait(dep, now) == 0.0
 
     def pick(self, alias: str, deployments: Sequence[Deployment], strategy: str,
-             exclude: frozenset[str] | set[str] = frozenset()) -> Deployment:
+             exclude: frozenset[str] | set[str] = frozenset(), request: RouteRequest | None = None
+             ) -> Decision[Deployment]:
+        """A deployment of `alias` that may take the request now (healthy, not cooling down, within its
+        limits, not in `exclude` unless nothing else is left), chosen by `strategy`."""
         now = self.clock()
         candidates = [d for d in deployments if d.id not in exclude and self.available(d, now)]
         if not candidates and exclude:
@@ -108,16 +123,8 @@ class RouterState:
         if not candidates:
             raise self._why_none(alias, deployments, now)
         if len(candidates) == 1:
-            return candidates[0]
-        if strategy == "least-busy":
-            low = min(self.state(d).in_flight for d in candidates)
-            candidates = [d for d in candidates if self.state(d).in_flight == low]
-            if len(candidates) == 1:
-                return candidates[0]
-        weights = [d.weight for d in candidates]
-        if sum(weights) <= 0:
-            return self.rng.choice(candidates)
-        return self.rng.choices(candidates, weights=weights, k=1)[0]
+            return Decision(candidates[0], "only")
+        return self.strategy(strategy).pick(candidates, self, request or RouteRequest(alias))
 
     def _why_none(self, alias: str, deployments: Sequence[Deployment], now: float) -> NoDeployment:
         limited = [self.state(d).limit_wait(d, now) for d in deployments

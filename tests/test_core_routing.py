@@ -330,3 +330,31 @@ def test_per_deployment_rpm_and_parallel_limits(make_sim: Callable[..., Proc],
 
     statuses = asyncio.run(parallel())
     assert sorted(statuses) == [200, 200, 429, 429]
+
+
+def test_context_window_fallback_when_the_fitting_deployment_is_down(make_sim: Callable[..., Proc],
+                                                                     make_gateway: Callable[..., Proc]) -> None:
+    """fast = A (no max_input_tokens, down) + B (max_input_tokens 60): a long prompt cannot go to B and A is
+    unavailable, so the context-window fallback `long` takes it (first on A's connection error, then while
+    A is in cooldown), never a 502/503."""
+    dead = make_sim("--model", "small")
+    small = make_sim("--model", "small")
+    large = make_sim("--model", "large")
+    gw = make_gateway({"model_list": [deployment("fast", dead, "small", id="fast-a"),
+                                      deployment("fast", small, "small", id="fast-b", max_input_tokens=60),
+                                      deployment("long", large, "large", id="long-1")],
+                       "router_settings": {"context_window_fallbacks": [{"fast": ["long"]}], "allowed_fails": 1,
+                                           "cooldown_time": 60, "num_retries": 1}})
+    dead.stop()
+    c = client(gw)
+    big = [{"role": "user", "content": "word " * 400}]
+    for _ in range(3):
+        raw = c.chat.completions.with_raw_response.create(model="fast", messages=big, max_tokens=1)
+        assert raw.status_code == 200
+        assert raw.headers["x-gateway-deployment"] == "long-1"
+    assert sim_stats(small)["requests"].get(CHAT, 0) == 0  # B was never asked to take a prompt over its window
+    assert metric_value(metrics(gw), "oss_fallbacks_total", from_alias="fast", to_alias="long",
+                        reason="context_window") == 3
+    # a short prompt still goes to the deployment that fits
+    short = c.chat.completions.with_raw_response.create(model="fast", messages=HI, max_tokens=1)
+    assert short.headers["x-gateway-deployment"] == "fast-b"
