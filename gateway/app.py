@@ -21,6 +21,7 @@ import orjson
 from gateway import errors
 from gateway.auth import MASTER, OPEN, Caller, bearer_token, is_master
 from gateway.config import ConfigError, Deployment, GatewayConfig, load_file, load_text
+from gateway.engine import EngineMonitor, EngineTarget, metrics_url
 from gateway.health import HealthChecker
 from gateway.keys import KeyService
 from gateway.litellm_upstream import LiteLLMUpstream
@@ -51,6 +52,11 @@ class Gateway:
         self.cache: Any = self._build_cache(config)
         self.keys = KeyService(self)  # virtual keys, limits, spend ledger (gateway/keys)
         self.proxy = Proxy(self)
+        self.engines = EngineMonitor(self.upstream.get_text, self._engine_targets,
+                                     lambda dep_id: self.router.states[dep_id].in_flight
+                                     if dep_id in self.router.states else 0,
+                                     interval=config.router.engine_aware.poll_interval)
+        self.router.engine_load = self.engines.load
         self.watcher = (ConfigWatcher(config_path, settings.reload_interval, self.reload_text)
                         if config_path is not None else None)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -83,6 +89,7 @@ class Gateway:
         health = HealthChecker(self.upstream, lambda: self.config, self.settings.health_check_interval,
                                self.settings.health_check_timeout, self._on_health)
         self._loops.append(asyncio.create_task(health.run(), name="health-checks"))
+        self._loops.append(asyncio.create_task(self.engines.run(), name="engine-metrics"))
         if self.watcher is not None:
             self._loops.append(asyncio.create_task(self.watcher.run(), name="config-watcher"))
         try:
@@ -145,8 +152,18 @@ class Gateway:
         cache.on_redis_state = lambda up: self.metrics.redis_up.labels("cache").set(1 if up else 0)
         return cache
 
+    def _engine_targets(self) -> list[EngineTarget]:
+        """The deployments whose engine metrics the router reads: every native one under engine-aware."""
+        config = self.config
+        if config.router.routing_strategy != "engine-aware":
+            return []
+        return [EngineTarget(d.id, d.served_model, metrics_url(d.api_base), d.api_key)
+                for d in config.deployments if d.native and d.api_base and d.mode != "embedding"]
+
     def _apply(self, new: GatewayConfig, previous: GatewayConfig | None) -> None:
         self.router.sync(new.deployments)
+        self.router.configure(new.router)
+        self.engines.interval = new.router.engine_aware.poll_interval
         self.metrics.publish_deployments(new.deployments, previous.deployments if previous else ())
         self.config = new  # one reference swap: requests in flight keep the snapshot they started with
         for d in new.deployments:

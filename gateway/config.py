@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.strategies import STRATEGIES
+from gateway.strategies.engine_aware import EngineAwareOptions
 
 # Providers served natively: any OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI, SGLang).
 NATIVE_PROVIDERS = frozenset({"openai", "hosted_vllm", "openai_compatible", "custom_openai"})
@@ -41,11 +42,11 @@ _LITELLM_PROVIDER_PARAMS = {
 }
 _MODEL_INFO_USED = {
     "id", "max_input_tokens", "max_tokens", "max_output_tokens", "input_cost_per_token",
-    "output_cost_per_token", "gpu_hourly_cost_usd", "gpu_count", "mode", "health_check",
+    "output_cost_per_token", "gpu_hourly_cost_usd", "gpu_count", "mode", "health_check", "max_num_seqs",
 }
 _ROUTER_SETTINGS_USED = {
     "routing_strategy", "num_retries", "timeout", "stream_timeout", "allowed_fails", "cooldown_time",
-    "fallbacks", "context_window_fallbacks", "default_fallbacks", "retry_after",
+    "fallbacks", "context_window_fallbacks", "default_fallbacks", "retry_after", "engine_aware",
 }
 _TOP_LEVEL_USED = {"model_list", "router_settings", "litellm_settings", "general_settings"}
 _GENERAL_USED = {"master_key", "background_health_checks", "health_check_interval", "max_request_size_mb"}
@@ -88,6 +89,7 @@ class Deployment:
     gpu_count: int
     mode: str  # "chat" | "completion" | "embedding"
     health_check: bool
+    max_num_seqs: int | None = None  # the engine's batch size (vLLM --max-num-seqs), for engine-aware routing
     provider_params: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -109,6 +111,7 @@ class RouterSettings:
     fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     context_window_fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     default_fallbacks: tuple[str, ...] = ()
+    engine_aware: EngineAwareOptions = field(default_factory=EngineAwareOptions)
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,7 @@ def _parse_deployment(entry: Any, index: int, p: _Problems) -> Deployment | None
     max_in = _int(info.get("max_input_tokens"), f"{mip}.max_input_tokens", p, allow_zero=False)
     max_out = _int(info.get("max_output_tokens", info.get("max_tokens")), f"{mip}.max_output_tokens", p,
                    allow_zero=False)
+    max_num_seqs = _int(info.get("max_num_seqs"), f"{mip}.max_num_seqs", p, allow_zero=False)
     mode = info.get("mode", "chat")
     if mode not in ("chat", "completion", "embedding"):
         p.error(f"{mip}.mode", f"must be chat, completion or embedding, got {mode!r}")
@@ -343,6 +347,7 @@ def _parse_deployment(entry: Any, index: int, p: _Problems) -> Deployment | None
         gpu_count=gpu_count or 1,
         mode=str(mode),
         health_check=health,
+        max_num_seqs=max_num_seqs,
         provider_params=provider_params,
     )
 
@@ -392,6 +397,14 @@ def _parse_router(rs: Mapping[str, Any], ls: Mapping[str, Any], p: _Problems) ->
     if not isinstance(default_fb, list) or not all(isinstance(x, str) for x in default_fb):
         p.error("router_settings.default_fallbacks", "must be a list of aliases")
         default_fb = []
+    ea_raw = rs.get("engine_aware") or {}
+    if not isinstance(ea_raw, Mapping):
+        p.error("router_settings.engine_aware", "must be a mapping of options")
+        ea_raw = {}
+    engine_aware, ea_problems = EngineAwareOptions.parse(ea_raw, "router_settings.engine_aware")
+    for problem in ea_problems:
+        where, _, what = problem.partition(": ")
+        p.error(where, what)
     return RouterSettings(
         routing_strategy=str(strategy),
         num_retries=2 if num_retries is None else num_retries,
@@ -403,6 +416,7 @@ def _parse_router(rs: Mapping[str, Any], ls: Mapping[str, Any], p: _Problems) ->
         context_window_fallbacks=_parse_fallbacks(pick("context_window_fallbacks"),
                                                   "router_settings.context_window_fallbacks", p),
         default_fallbacks=tuple(default_fb),
+        engine_aware=engine_aware,
     )
 
 

@@ -72,6 +72,8 @@ class Metrics:
         # labelled by store ("cache", "state"): no series at all when no Redis is configured
         self.redis_up = gauge("oss_redis_up", "1 when the shared store answers", ("store",), "mostrecent")
         self.cache_errors = Counter("oss_cache_errors", "Cache operations that failed", ("op",), registry=r)
+        self.routing_decisions = Counter("oss_routing_decisions", "Deployments picked, by strategy and reason",
+                                         ("alias", "strategy", "reason"), registry=r)
         self.reloads.labels("ok")
         self.reloads.labels("rejected")
         # labelled children by label values: prometheus-client's labels() validates on every call,

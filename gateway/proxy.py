@@ -27,6 +27,7 @@ from gateway.errors import GatewayError
 from gateway.metrics import UNKNOWN_ALIAS
 from gateway.protocol import error_for_status, parse_json_body, validate
 from gateway.router import NoDeployment
+from gateway.strategies import RouteRequest
 from gateway.streaming import DONE, StreamTally, error_event, split_complete
 from gateway.tokens import estimate_prompt_tokens
 from gateway.upstream import UpstreamError, UpstreamStream, upstream_message
@@ -295,7 +296,8 @@ class Proxy:
         last_dep: Deployment | None = None
         for attempt in range(settings.num_retries + 1):
             try:
-                dep = router.pick(alias, deployments, settings.routing_strategy, tried).deployment
+                decision = router.pick(alias, deployments, settings.routing_strategy, tried,
+                                       RouteRequest(alias, call.body, call.headers))
             except NoDeployment as nd:
                 if last is None:
                     if nd.reason == "rate_limited":
@@ -305,6 +307,9 @@ class Proxy:
                     raise _AliasExhausted(errors.unavailable(
                         f"No healthy deployment for '{alias}' right now", nd.retry_after), "unhealthy") from None
                 break
+            dep = decision.deployment
+            self.gw.metrics.child(self.gw.metrics.routing_decisions, alias, settings.routing_strategy,
+                                  decision.reason).inc()
             if attempt > 0 and last is not None and last_dep is not None:
                 self.gw.metrics.retries.labels(alias, last_dep.id, last.reason).inc()
             tried.add(dep.id)

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.config import Deployment, GatewayConfig, RouterSettings
+from gateway.engine import EngineLoad
 from gateway.strategies import STRATEGIES, Decision, RouteRequest, Strategy
+from gateway.strategies.engine_aware import EngineAware, EngineAwareOptions
 
 WINDOW = 60.0  # seconds: rpm/tpm windows and the allowed_fails window, as LiteLLM counts them
 
@@ -80,15 +82,27 @@ class RouterState:
         self.rng = rng or random.Random()
         self.states: dict[str, DeploymentState] = {}
         self._strategies: dict[str, Strategy] = {}  # one instance (with its own state) per strategy name
+        self._engine_aware = EngineAwareOptions()
+        self.engine_load: Callable[[str], EngineLoad | None] = lambda _dep_id: None
+
+    def configure(self, settings: RouterSettings) -> None:
+        """Take a (re)loaded config's strategy options; a strategy whose options changed starts afresh."""
+        if settings.engine_aware != self._engine_aware:
+            self._engine_aware = settings.engine_aware
+            self._strategies.pop(EngineAware.name, None)
 
     def in_flight(self, dep: Deployment) -> int:
         st = self.states.get(dep.id)
         return st.in_flight if st is not None else 0
 
+    def engine(self, dep: Deployment) -> EngineLoad | None:
+        return self.engine_load(dep.id)
+
     def strategy(self, name: str) -> Strategy:
         s = self._strategies.get(name)
         if s is None:
-            s = self._strategies[name] = STRATEGIES[name]()
+            s = self._strategies[name] = EngineAware(self._engine_aware) if name == EngineAware.name \
+                else STRATEGIES[name]()
         return s
 
     def sync(self, deployments: Iterable[Deployment]) -> None:

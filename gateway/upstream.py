@@ -229,6 +229,14 @@ class OpenAICompatible:
                 raise UpstreamError("status", f"HTTP {resp.status}", resp.status, data)
             return orjson.loads(data) if data else None
 
+    async def get_text(self, url: str, timeout: float, api_key: str | None = None) -> str:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        async with self.session.get(url, headers=headers, timeout=self._timeout(timeout)) as resp:
+            data = await resp.read()
+            if resp.status >= 400:
+                raise UpstreamError("status", f"HTTP {resp.status}", resp.status, data)
+            return data.decode("utf-8", "replace")
+
     async def post_json(self, url: str, payload: Any, timeout: float, api_key: str | None = None) -> Any:
         headers = {"Content-Type": "application/json"}
         if api_key:

@@ -50,6 +50,10 @@ class RouterView(Protocol):
 
     def in_flight(self, dep: Target) -> int: ...
 
+    def engine(self, dep: Target) -> Any:
+        """The engine's load as last read (gateway.engine.EngineLoad), or None when unknown."""
+        ...
+
 
 class Strategy(Protocol):
     name: ClassVar[str]
