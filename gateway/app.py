@@ -89,6 +89,9 @@ class Gateway:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_file)
         except (NotImplementedError, RuntimeError, ValueError):
             pass
+        # `gateway serve` blocks SIGHUP until here (a reload signal must not kill a starting process);
+        # one that arrived meanwhile is delivered now and reloads
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         log.info("gateway ready: %d aliases, %d deployments (pid %d)", len(self.config.aliases),
                  len(self.config.deployments), os.getpid())
 
