@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import errors
-from gateway.auth import Caller, require_admin
+from gateway.auth import Caller, bearer_token, is_master, require_admin
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -56,8 +56,17 @@ def create_fastapi(gw: Gateway) -> FastAPI:
     # /health/live and /health/ready are answered by GatewayASGI before this app exists
 
     @api.get("/health/deployments", tags=["health"])
-    async def deployments() -> dict[str, Any]:
-        return {"deployments": gw.router.report(gw.config)}
+    async def deployments(request: Request) -> dict[str, Any]:
+        """Each deployment's health, cooldown and in-flight count, and the state of each Redis. Internal
+        addresses (`api_base`, Redis host:port) only for the master key: without it this endpoint is open."""
+        detail = is_master(bearer_token(dict(request.scope["headers"])), gw.master_key)  # else the summary
+        report = gw.router.report(gw.config)
+        if not detail:
+            for d in report:
+                d.pop("api_base", None)
+        redis = {store: ({"up": up, "where": where} if detail else {"up": up})
+                 for store, up, where in gw.redis_stores()}
+        return {"deployments": report, "redis": redis, "detail": detail}
 
     def models_payload(caller: Caller) -> dict[str, Any]:
         created = int(gw.started_at)

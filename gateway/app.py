@@ -15,6 +15,7 @@ import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -25,7 +26,7 @@ from gateway.engine import EngineMonitor, EngineTarget, metrics_url
 from gateway.health import HealthChecker
 from gateway.keys import KeyService
 from gateway.litellm_upstream import LiteLLMUpstream
-from gateway.metrics import Metrics
+from gateway.metrics import LiveState, Metrics
 from gateway.proxy import Call, Proxy, Receive, Scope, Send
 from gateway.reload import ConfigWatcher
 from gateway.router import RouterState
@@ -62,7 +63,8 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self.started_at = time.time()
-        self._apply(config, previous=None)
+        self.metrics.live.source = self.live_state
+        self._apply(config)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -73,8 +75,6 @@ class Gateway:
             probe = getattr(self.cache.embedder, "probe", None) if self.cache.semantic else None
             if probe is not None:
                 await probe()  # an embeddings alias: the vector size, before the index is built
-            if self.cache.backend == "redis":
-                self.metrics.redis_up.labels("cache").set(1 if self.cache.redis_up else 0)
             await self.cache.start()
             log.info("response cache on: %s (%s)", self.config.cache.type, self.cache.backend)
         for line in self.config.notes:
@@ -96,6 +96,9 @@ class Gateway:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_file)
         except (NotImplementedError, RuntimeError, ValueError):
             pass
+        # `gateway serve` blocks SIGHUP until here (a reload signal must not kill a starting process);
+        # one that arrived meanwhile is delivered now and reloads
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         log.info("gateway ready: %d aliases, %d deployments (pid %d)", len(self.config.aliases),
                  len(self.config.deployments), os.getpid())
 
@@ -149,7 +152,6 @@ class Gateway:
             embedder = AliasEmbedder(self, alias, int(dim) if isinstance(dim, int) else None)
         cache = ResponseCache(settings, embedder=embedder)
         cache.on_error = lambda kind, _exc: self.metrics.cache_errors.labels(kind).inc()
-        cache.on_redis_state = lambda up: self.metrics.redis_up.labels("cache").set(1 if up else 0)
         return cache
 
     def _engine_targets(self) -> list[EngineTarget]:
@@ -160,14 +162,12 @@ class Gateway:
         return [EngineTarget(d.id, d.served_model, metrics_url(d.api_base), d.api_key)
                 for d in config.deployments if d.native and d.api_base and d.mode != "embedding"]
 
-    def _apply(self, new: GatewayConfig, previous: GatewayConfig | None) -> None:
+    def _apply(self, new: GatewayConfig) -> None:
         self.router.sync(new.deployments)
         self.router.configure(new.router)
         self.engines.interval = new.router.engine_aware.poll_interval
-        self.metrics.publish_deployments(new.deployments, previous.deployments if previous else ())
+        self.metrics.publish_deployments(new.deployments)
         self.config = new  # one reference swap: requests in flight keep the snapshot they started with
-        for d in new.deployments:
-            self.publish_health(d)
 
     def reload_text(self, text: str) -> bool:
         try:
@@ -180,7 +180,7 @@ class Gateway:
         old = self.config
         if new.cache != old.cache:
             log.warning("config: cache settings changed; they take effect at the next restart")
-        self._apply(new, old)
+        self._apply(new)
         self.metrics.reloads.labels("ok").inc()
         log.info("config reloaded: %s", ", ".join(f"{a}→{'+'.join(d.id for d in ds)}" for a, ds in new.aliases.items()))
         return True
@@ -227,12 +227,28 @@ class Gateway:
             else:
                 log.warning("deployment %s of %s failed its health check (%s): taken out of routing",
                             dep.id, dep.alias, error)
-        self.publish_health(dep)
 
-    def publish_health(self, dep: Deployment) -> None:
-        st = self.router.state(dep)
-        up = st.healthy and st.cooldown_until <= self.router.clock()
-        self.metrics.healthy.labels(dep.alias, dep.id).set(1 if up else 0)
+    def live_state(self) -> LiveState:
+        """The scrape-time gauges (oss_deployment_healthy, oss_deployment_gpu_cost_usd_per_hour, oss_redis_up,
+        oss_limits_degraded), from the current config and this process's view of the deployments and Redis."""
+        now = self.router.clock()
+        deployments = []
+        for d in self.config.deployments:
+            st = self.router.state(d)
+            deployments.append((d, st.healthy and st.cooldown_until <= now))
+        loads = self.engines.loads()
+        engines = [(d, loads[d.id]) for d in self.config.deployments if d.id in loads]
+        return LiveState(deployments, {name: up for name, up, _ in self.redis_stores()}, self.keys.mode,
+                         not self.keys.store.up, engines)
+
+    def redis_stores(self) -> list[tuple[str, bool, str]]:
+        """(store, up, where) for each Redis configured: "cache" (responses) and "state" (keys, spend, limits)."""
+        out: list[tuple[str, bool, str]] = []
+        if self.cache is not None and self.cache.backend == "redis":
+            out.append(("cache", bool(self.cache.redis_up), redis_where(self.cache.settings.redis_url)))
+        if self.keys.store.backend == "redis":
+            out.append(("state", self.keys.store.up, self.keys.store.where))
+        return out
 
     # -- accounting (after the response is out) -------------------------------------------------------
 
@@ -278,15 +294,22 @@ class Gateway:
                                              dep.api_key, usage.completion_tokens)
         self.record_usage(call, dep, Usage(usage.prompt_tokens, completion, True))
 
-    async def ready_problems(self) -> list[str]:
-        """Why the gateway is not ready (empty when ready): one dead GPU is not a reason."""
-        problems: list[str] = []
-        if not self.config.aliases:
-            problems.append("no routes loaded")
-        if self.cache is not None and self.cache.backend == "redis" and not self.cache.redis_up:
-            problems.append("cache Redis unreachable")
-        problems.extend(self.keys.ready_problems())
-        return problems
+    def readiness(self) -> tuple[list[str], list[str]]:
+        """(problems, degraded). Ready means able to serve: a config with routes is loaded. Nothing that every
+        replica shares may take a replica out of the load balancer — neither one dead GPU nor a Redis outage
+        (the cache is bypassed, keys and limits run degraded) — so those are reported as degraded, not as
+        problems. No addresses here: the endpoint is open (the detail is in /health/deployments)."""
+        problems = [] if self.config.aliases else ["no routes loaded"]
+        degraded: list[str] = []
+        for store, up, _ in self.redis_stores():
+            if up:
+                continue
+            if store == "cache":
+                degraded.append("cache Redis unreachable: requests bypass the cache")
+            else:
+                degraded.append(f"state Redis unreachable: recently verified keys work from the in-process cache, "
+                                f"limits fail {self.keys.mode}, spend waits in memory")
+        return problems, degraded
 
     # -- cache ---------------------------------------------------------------------------------------
 
@@ -355,11 +378,12 @@ class GatewayASGI:
                 await _send_json(send, 200, {"status": "ok"})
                 return
             elif path in ("/health/ready", "/health/readiness"):
-                problems = await self.gw.ready_problems()
+                problems, degraded = self.gw.readiness()
                 if problems:
-                    await _send_json(send, 503, {"status": "not ready", "problems": problems})
+                    await _send_json(send, 503, {"status": "not ready", "problems": problems, "degraded": degraded})
                 else:
-                    await _send_json(send, 200, {"status": "ready", "config": self.gw.config.digest,
+                    await _send_json(send, 200, {"status": "degraded" if degraded else "ready",
+                                                 "degraded": degraded, "config": self.gw.config.digest,
                                                  "aliases": list(self.gw.config.aliases)})
                 return
         elif kind == "lifespan":
@@ -399,6 +423,14 @@ class GatewayASGI:
                 await self.gw.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def redis_where(url: str | None) -> str:
+    """host:port/db of a Redis URL, never its password."""
+    u = urlsplit(url or "")
+    if u.scheme == "unix":
+        return u.path
+    return f"{u.hostname or '127.0.0.1'}:{u.port or 6379}/{u.path.strip('/') or '0'}"
 
 
 async def _send_json(send: Send, status: int, payload: Any) -> None:

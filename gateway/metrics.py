@@ -3,18 +3,26 @@
 With several workers, prometheus-client's multiprocess mode is used (PROMETHEUS_MULTIPROC_DIR is set
 by `gateway serve` before any worker imports prometheus_client); `/metrics` then aggregates the
 files of every worker. Per request the hot path does a few counter increments, nothing more.
+
+Gauges that describe the configuration or the process (GPU cost and health of each deployment, Redis
+up, limits degraded) are not stored anywhere: `LiveGauges` computes them at scrape time from the
+current state of the worker that answers the scrape. A deployment removed from router.yaml, or a
+worker that died while Redis was down, leaves no series behind (multiprocess gauges cannot be removed).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.config import Deployment
+from gateway.engine import EngineLoad
 
 TOKEN_LABELS = ("alias", "model", "deployment", "team", "key", "estimated")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -29,14 +37,86 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+@dataclass(slots=True)
+class LiveState:
+    """What the scrape-time gauges show, read from the gateway's current state."""
+
+    deployments: Sequence[tuple[Deployment, bool]] = ()  # each deployment of the config, may the router send to it
+    redis_up: dict[str, bool] = field(default_factory=dict)  # "cache" / "state": only the stores configured
+    limits_mode: str = "open"                             # GATEWAY_LIMITS_FAIL_MODE
+    limits_degraded: bool = False                         # the state Redis is configured and unreachable
+    engines: Sequence[tuple[Deployment, EngineLoad]] = ()  # engine load as the router last read it
+
+
+GPU_COST_DOC = "gpu_hourly_cost_usd x gpu_count of a self-hosted deployment"
+HEALTHY_DOC = "1 when the router may send to the deployment"
+REDIS_UP_DOC = "1 when the shared store answers"
+DEGRADED_DOC = ("1 while the state Redis is unreachable (keys from the in-process cache; limits fail open or "
+                "closed per fail_mode)")
+
+
+class LiveGauges:
+    """A collector computing the config and process gauges at scrape time (nothing stored, nothing to remove)."""
+
+    def __init__(self, source: Callable[[], LiveState]) -> None:
+        self.source = source
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, ...]:
+        return (GaugeMetricFamily("oss_deployment_gpu_cost_usd_per_hour", GPU_COST_DOC,
+                                  labels=("alias", "model", "deployment")),
+                GaugeMetricFamily("oss_deployment_healthy", HEALTHY_DOC, labels=("alias", "deployment")),
+                GaugeMetricFamily("oss_redis_up", REDIS_UP_DOC, labels=("store",)),
+                GaugeMetricFamily("oss_limits_degraded", DEGRADED_DOC, labels=("fail_mode",)),
+                GaugeMetricFamily("oss_engine_requests_running", "Requests running in the engine, as the router "
+                                  "last read its /metrics", labels=("alias", "deployment")),
+                GaugeMetricFamily("oss_engine_requests_waiting", "Requests waiting in the engine's queue, as the "
+                                  "router last read its /metrics", labels=("alias", "deployment")),
+                GaugeMetricFamily("oss_engine_kv_cache_usage", "KV-cache usage of the engine (0-1), as the router "
+                                  "last read its /metrics", labels=("alias", "deployment")))
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.source()
+        gpu, healthy, redis_up, degraded, running, waiting, kv = self._families()
+        for dep, up in state.deployments:
+            cost = dep.gpu_cost_per_hour
+            if cost is not None:
+                gpu.add_metric((dep.alias, dep.served_model, dep.id), cost)
+            healthy.add_metric((dep.alias, dep.id), 1 if up else 0)
+        for store, up in sorted(state.redis_up.items()):
+            redis_up.add_metric((store,), 1 if up else 0)
+        degraded.add_metric((state.limits_mode,), 1 if state.limits_degraded else 0)
+        for dep, load in state.engines:
+            running.add_metric((dep.alias, dep.id), load.running)
+            waiting.add_metric((dep.alias, dep.id), load.waiting)
+            kv.add_metric((dep.alias, dep.id), load.kv_usage)
+        return iter((gpu, healthy, redis_up, degraded, running, waiting, kv))
+
+
+class _CurrentDeployments:
+    """The multiprocess files, minus idle in-flight series of deployments no longer in the config."""
+
+    def __init__(self, inner: MultiProcessCollector, current: Callable[[], set[tuple[str, str]]]) -> None:
+        self.inner = inner
+        self.current = current
+
+    def collect(self) -> Iterator[Metric]:
+        keep = self.current()
+        for family in self.inner.collect():
+            if family.name == "oss_in_flight_requests":
+                family.samples = [s for s in family.samples
+                                  if s.value or (s.labels.get("alias"), s.labels.get("deployment")) in keep]
+            yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess = multiprocess_dir() is not None
         r = self.registry
-
-        def gauge(name: str, doc: str, labels: Iterable[str], mode: str) -> Gauge:
-            return Gauge(name, doc, list(labels), registry=r, multiprocess_mode=mode)
 
         self.prompt_tokens = Counter("oss_prompt_tokens", "Prompt tokens served by upstreams", TOKEN_LABELS,
                                      registry=r)
@@ -56,21 +136,15 @@ class Metrics:
                                   ("alias",), buckets=OVERHEAD_BUCKETS, registry=r)
         self.cache_saved = Counter("oss_cache_saved_usd", "List-price cost of the upstream calls the cache answered",
                                    ("alias", "model", "team", "key"), registry=r)
-        self.gpu_cost = gauge("oss_deployment_gpu_cost_usd_per_hour",
-                              "gpu_hourly_cost_usd x gpu_count of a self-hosted deployment",
-                              ("alias", "model", "deployment"), "mostrecent")
-        self.in_flight = gauge("oss_in_flight_requests", "Requests in flight", ("alias", "deployment"), "livesum")
+        self.in_flight = Gauge("oss_in_flight_requests", "Requests in flight", ("alias", "deployment"), registry=r,
+                               multiprocess_mode="livesum")
         self.retries = Counter("oss_retries", "Upstream attempts retried on another deployment",
                                ("alias", "deployment", "reason"), registry=r)
         self.fallbacks = Counter("oss_fallbacks", "Requests moved to another alias",
                                  ("from_alias", "to_alias", "reason"), registry=r)
-        self.healthy = gauge("oss_deployment_healthy", "1 when the router may send to the deployment",
-                             ("alias", "deployment"), "mostrecent")
         self.cooldowns = Counter("oss_deployment_cooldowns", "Times a deployment was put in cooldown",
                                  ("alias", "deployment"), registry=r)
         self.reloads = Counter("oss_config_reloads", "Config reloads by result", ("result",), registry=r)
-        # labelled by store ("cache", "state"): no series at all when no Redis is configured
-        self.redis_up = gauge("oss_redis_up", "1 when the shared store answers", ("store",), "mostrecent")
         self.cache_errors = Counter("oss_cache_errors", "Cache operations that failed", ("op",), registry=r)
         self.routing_decisions = Counter("oss_routing_decisions", "Deployments picked, by strategy and reason",
                                          ("alias", "strategy", "reason"), registry=r)
@@ -79,6 +153,10 @@ class Metrics:
         # labelled children by label values: prometheus-client's labels() validates on every call,
         # a dict lookup is a tenth of that (cleared when the config changes)
         self._children: dict[tuple[Any, ...], Any] = {}
+        # oss_deployment_gpu_cost_usd_per_hour, oss_deployment_healthy, oss_redis_up, oss_limits_degraded
+        self.live = LiveGauges(LiveState)
+        self.registry.register(self.live)
+        self._deployments: set[tuple[str, str]] = set()
 
     def child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -105,27 +183,24 @@ class Metrics:
         children[2].inc(cost)
         return cost
 
-    def publish_deployments(self, deployments: Iterable[Deployment], previous: Iterable[Deployment] = ()) -> None:
-        """Set the per-deployment gauges for a (re)loaded config; drop series of removed deployments."""
-        current = {d.id: d for d in deployments}
+    def publish_deployments(self, deployments: Iterable[Deployment]) -> None:
+        """A (re)loaded config: in-flight series for its deployments, none for removed ones."""
+        current = {(d.alias, d.id) for d in deployments}
         self._children.clear()
-        for d in previous:
-            if d.id not in current:
-                for g, labels in ((self.gpu_cost, (d.alias, d.served_model, d.id)),
-                                  (self.healthy, (d.alias, d.id)), (self.in_flight, (d.alias, d.id))):
-                    try:
-                        g.remove(*labels)
-                    except KeyError:
-                        pass
-        for d in current.values():
-            cost = d.gpu_cost_per_hour
-            if cost is not None:
-                self.gpu_cost.labels(d.alias, d.served_model, d.id).set(cost)
-            self.in_flight.labels(d.alias, d.id).inc(0)
+        if not self.multiprocess:  # (in multiprocess mode render() leaves the removed ones out)
+            for labels in self._deployments - current:
+                try:
+                    self.in_flight.remove(*labels)
+                except KeyError:
+                    pass
+        self._deployments = current
+        for alias, dep_id in current:
+            self.in_flight.labels(alias, dep_id).inc(0)
 
     def render(self) -> bytes:
         if self.multiprocess:
             registry = CollectorRegistry()
-            MultiProcessCollector(registry)
+            registry.register(_CurrentDeployments(MultiProcessCollector(None), lambda: self._deployments))
+            registry.register(self.live)
             return generate_latest(registry)
         return generate_latest(self.registry)

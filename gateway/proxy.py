@@ -325,7 +325,6 @@ class Proxy:
                     raise error_for_status(exc.status or 400, upstream_message(exc.body)) from None
                 if router.record_failure(dep, settings, len(config.aliases[alias])):
                     self.gw.metrics.cooldowns.labels(alias, dep.id).inc()
-                    self.gw.publish_health(dep)
                     log.warning("deployment %s of %s cooled down for %gs after repeated failures (last: %s)",
                                 dep.id, alias, settings.cooldown_time, exc.reason)
                 last, last_dep = exc, dep

@@ -5,6 +5,14 @@ SIGHUP (reload routes in every worker) and SIGTERM/SIGINT (drain: stop accepting
 requests and streams within the grace period, exit); it restarts a worker that dies.
 Metrics of all workers are aggregated through prometheus-client's multiprocess directory, which
 the supervisor creates empty at start.
+
+Signals, in both modes:
+- SIGHUP is blocked from the start of `serve` until the process has its reload handler (workers inherit
+  the blocked mask from the supervisor, across exec): a reload signal that arrives while a process
+  starts is delivered once it can reload, and never kills it (SIGHUP's default action).
+- SIGTERM closes the listening socket at once (uvicorn closes the worker's copy; the supervisor closes its
+  own), so new connections are refused immediately and a load balancer moves on, while the requests and
+  streams in flight finish within the grace period.
 """
 
 from __future__ import annotations
@@ -73,6 +81,16 @@ def run_single(settings: Settings) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _sighup_blocked() -> Iterator[None]:
+    """SIGHUP held pending (not lost) meanwhile; processes started meanwhile inherit the blocked mask."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _worker_main(settings_data: dict[str, Any], sock: socket.socket) -> None:
     from gateway.app import create_app
 
@@ -107,13 +125,29 @@ class Supervisor:
         self.ctx = multiprocessing.get_context("spawn")
         self.workers: list[BaseProcess] = []
         self.stopping = False
+        self.starting = False
         self.sock: socket.socket | None = None
 
     def _start_worker(self) -> BaseProcess:
         proc = self.ctx.Process(target=_worker_main, args=(self.settings.model_dump(mode="json"), self.sock),
                                 daemon=False)
-        proc.start()
+        self.starting = True
+        try:
+            with _sighup_blocked():  # the worker starts with SIGHUP blocked; Gateway.startup unblocks it
+                proc.start()
+        finally:
+            self.starting = False
+        if self.stopping:  # SIGTERM came while it started: it stops too
+            self._close_socket()
+            if proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
         return proc
+
+    def _close_socket(self) -> None:
+        """Stop listening: our copy of the socket would keep it open (connections queued, then reset) until the
+        last worker exits; the workers close theirs as they start draining."""
+        if self.sock is not None and not self.starting:  # (a worker being started needs it until it has a copy)
+            self.sock.close()
 
     def _forward(self, sig: int) -> None:
         for w in self.workers:
@@ -131,6 +165,7 @@ class Supervisor:
                          self.settings.grace_period)
             self.stopping = True
             self._forward(signal.SIGTERM)
+            self._close_socket()
 
         def on_hup(_signum: int, _frame: Any) -> None:
             log.info("SIGHUP: reloading routes in every worker")
@@ -139,7 +174,9 @@ class Supervisor:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
-        self.workers = [self._start_worker() for _ in range(self.settings.workers)]
+        for _ in range(self.settings.workers):
+            self.workers.append(self._start_worker())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked since serve() began
         log.info("supervisor %d: %d workers on %s:%d", os.getpid(), len(self.workers), self.settings.host,
                  self.settings.port)
         from prometheus_client import multiprocess
@@ -159,11 +196,12 @@ class Supervisor:
                 log.warning("worker %s did not finish within the grace period: killing it", w.pid)
                 w.kill()
                 w.join(5)
-        self.sock.close()
         return 0
 
 
 def serve(settings: Settings) -> int:
+    # until this process can reload (Gateway.startup, or the supervisor's handler): see the module docstring
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     setup_logging(settings.log_level)
     os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")  # read when prometheus_client loads
     from gateway.config import ConfigError, load_file

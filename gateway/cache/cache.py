@@ -21,7 +21,6 @@ from .types import CacheRequest, CacheResult, CacheSettings
 log = logging.getLogger("gateway.cache")
 
 ErrorCallback = Callable[[str, BaseException], None]
-TIMEOUTS_BEFORE_DOWN = 3  # request-path timeouts in a row (between pings) that count as Redis down
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -30,14 +29,6 @@ def _is_connection_error(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         return isinstance(exc, OSError | asyncio.TimeoutError)
     return isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError | asyncio.TimeoutError)
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    try:
-        import redis.exceptions as rexc
-    except ImportError:  # pragma: no cover
-        return isinstance(exc, asyncio.TimeoutError)
-    return isinstance(exc, rexc.TimeoutError | asyncio.TimeoutError | TimeoutError)
 
 
 def _storable(endpoint: str, body: bytes) -> dict[str, Any] | None:
@@ -80,7 +71,6 @@ class ResponseCache:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._need_resync = True
-        self._timeouts = 0  # request-path timeouts since the last good ping
         self._last_id = "0-0"
         self._ready = asyncio.Event()
 
@@ -180,11 +170,8 @@ class ResponseCache:
         if self.redis is not None and _is_connection_error(exc):
             if kind == "follow":  # the follower's long-lived connection: the health probe decides
                 return
-            if _is_timeout(exc) and kind != "ping":
-                # a slow answer under load is not an outage: only a run of them (or a failed ping) is
-                self._timeouts += 1
-                if self._timeouts < TIMEOUTS_BEFORE_DOWN:
-                    return
+            if not self.redis.is_outage(exc):  # a slow answer or a busy moment: that request bypasses, no more
+                return
             self._set_redis_up(False)
         else:
             log.warning("response cache error (%s): %r", kind, exc)
@@ -195,7 +182,6 @@ class ResponseCache:
             await asyncio.sleep(self.settings.redis_retry_interval)
             try:
                 await self.redis.ping()
-                self._timeouts = 0
                 self._set_redis_up(True)
             except Exception as exc:  # noqa: BLE001
                 if self.redis_up:

@@ -10,6 +10,7 @@ Redis layout (``P`` = key prefix, ``NS`` = namespace tag):
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -78,23 +79,33 @@ def _f(value: Any) -> float | None:
 
 
 class RedisStore:
-    """Redis backend (redis-py asyncio).  Every command on the request path has a short timeout."""
+    """Redis backend (redis-py asyncio).  Every command on the request path has a timeout.
+
+    `is_outage(exc)` decides whether a failed command means Redis is down: a refused, reset or closed
+    connection does at once; a timeout does only when commands have kept timing out, with no reply in
+    between, for `timeout` seconds more. A timeout is measured on our own event loop's clock, so a busy
+    moment of this process (a loop stall of a few hundred ms under load, bench/redis_rtt.py) or one slow
+    reply times out the requests waiting at that moment together — and is not an outage.
+    """
 
     FIELDS = (b"b", b"u", b"p", b"t", b"v", b"c", b"x")
 
     def __init__(self, url: str, prefix: str, timeout: float, stream_maxlen: int) -> None:
         import redis.asyncio as aioredis
         from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.retry import Retry
 
         self.prefix = prefix
         self.stream = f"{prefix}:events"
         self._maxlen = stream_maxlen
-        # one immediate retry: a pooled connection broken by a Redis restart is replaced at once, while a
-        # Redis that is really down fails within ~2 x timeout (never the default multi-second backoff)
+        self.timeout = timeout
+        self._slow_since: float | None = None  # first timeout of the current run with no reply since
+        # one immediate retry on a connection error: a pooled connection broken by a Redis restart is replaced
+        # at once (never the default multi-second backoff); none on a timeout, which would double the wait
         self.client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                              retry=Retry(NoBackoff(), 1), health_check_interval=0,
-                                              max_connections=64)
+                                              retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
+                                              health_check_interval=0, max_connections=64)
         # a separate connection for the blocking XREAD of the follower
         self.follower = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=max(timeout, 0.5),
                                                 retry=Retry(NoBackoff(), 1), max_connections=4)
@@ -115,11 +126,27 @@ class RedisStore:
                      created=float(c), expires_at=_f(x), partition=p.decode() if p else None,
                      text=t.decode() if t else None, vector=v or None)
 
+    def is_outage(self, exc: BaseException) -> bool:
+        """Does this failed command mean Redis is down (see the class docstring)?"""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import MaxConnectionsError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        if isinstance(exc, RedisTimeoutError | asyncio.TimeoutError | MaxConnectionsError):  # slow or busy
+            now = time.monotonic()
+            if self._slow_since is None:
+                self._slow_since = now
+            return now - self._slow_since >= self.timeout
+        return isinstance(exc, RedisConnectionError | OSError)
+
     async def ping(self) -> bool:
-        return bool(await self.client.ping())
+        ok = bool(await self.client.ping())
+        self._slow_since = None
+        return ok
 
     async def get(self, namespace: str, key: str) -> Entry | None:
         values = await self.client.hmget(self.entry_key(namespace, key), list(self.FIELDS))
+        self._slow_since = None
         return self._decode(namespace, key, values)
 
     async def put(self, entry: Entry) -> list[Entry]:
@@ -136,6 +163,7 @@ class RedisStore:
             if "p" in mapping:
                 pipe.xadd(self.stream, {"op": "add", "k": full}, maxlen=self._maxlen, approximate=True)
             await pipe.execute()
+        self._slow_since = None
         return []
 
     async def delete(self, namespace: str, key: str) -> None:

@@ -33,7 +33,7 @@ class CacheSettings:
     max_temperature: float = 0.0
     # --- tuning knobs (defaults are the measured ones; see docs/cache.md) ---
     key_prefix: str = "oss:cache"
-    redis_timeout: float = 0.25         # seconds for one Redis command on the request path
+    redis_timeout: float = 1.0          # seconds for one Redis command (measured: docs/operations.md)
     redis_retry_interval: float = 0.5   # seconds between health probes while Redis is down
     candidates: int = 8                 # nearest neighbours the matcher examines
     index_ef: int = 64                  # hnswlib search breadth

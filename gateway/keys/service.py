@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 
 from gateway import errors
 from gateway.auth import Caller
@@ -133,11 +133,7 @@ class KeyService:
         self._tid_prefix = secrets.token_hex(4) + format(os.getpid() % 4096, "x") + "."
         self._tid_count = itertools.count(1)
         self._last_store_error = 0.0
-        r = gw.metrics.registry
-        self.degraded = Gauge("oss_limits_degraded",
-                              "1 while the state Redis is unreachable (keys from the in-process cache; limits "
-                              "fail open or closed per fail_mode)", ("fail_mode",), registry=r,
-                              multiprocess_mode="max")
+        r = gw.metrics.registry  # oss_limits_degraded and oss_redis_up{store="state"} are read at scrape time
         self.rejections = Counter("oss_limit_rejections", "Requests refused by a key/team limit",
                                   ("scope", "limit"), registry=r)
         self.auth_failures = Counter("oss_auth_failures", "Requests refused by virtual-key auth", ("reason",),
@@ -145,7 +141,6 @@ class KeyService:
         self.dropped = Counter("oss_ledger_dropped", "Settlements (spend + ledger entries) dropped because the "
                                                      "state Redis was down longer than the backlog holds", registry=r)
         self.mode = "open" if self.fail_open else "closed"
-        self._set_up(isinstance(self.store, MemoryStore))
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -160,7 +155,6 @@ class KeyService:
             return
         await self.store.start()
         if self.store.up:
-            self._set_up(True)
             policy = await self.store.maxmemory_policy()
             if policy is not None and policy != "noeviction":
                 log.warning("keys: state Redis %s has maxmemory-policy %s: keys, spend and the ledger can be "
@@ -181,21 +175,7 @@ class KeyService:
                       "was down", len(self._backlog))
         await self.store.close()
 
-    def ready_problems(self) -> list[str]:
-        if isinstance(self.store, RedisStore) and not self.store.up:
-            return [f"state Redis {self.store.where} unreachable (keys, spend, limits): {self.store.link.last_error}"]
-        return []
-
-    def _set_up(self, up: bool) -> None:
-        self.degraded.labels(self.mode).set(0 if up else 1)
-        if isinstance(self.store, RedisStore):
-            try:  # oss_redis_up{store="state"}: the shared store as this worker sees it
-                self.gw.metrics.redis_up.labels("state").set(1 if up else 0)
-            except ValueError:  # a metrics layout without the store label
-                pass
-
     def _on_state(self, up: bool) -> None:
-        self._set_up(up)
         if up and self._backlog:
             log.info("keys: writing %d settlements kept while the state Redis was down", len(self._backlog))
             self._queue.extend(self._backlog)
