@@ -240,6 +240,13 @@ async def test_release_frees_the_parallel_slot_but_keeps_the_reservation(store: 
     rec = await store.get("key", h)
     assert (rec["spend"], rec["reserved"]) == ("10", "60")
 
+    await new_team(store, "duo", par=1)  # the team's slot too
+    k = await new_key(store, team="duo")
+    d = await admit(store, k, T0)
+    assert d.status == 1 and (await admit(store, k, T0 + 1)).detail == "team:par:1"
+    store.release(k, "duo", d.tid, d.flags)
+    assert (await admit(store, k, T0 + 2)).status == 1
+
 
 async def test_blocked_keys_and_teams(store: Any) -> None:
     await new_team(store, "grey")

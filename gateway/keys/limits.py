@@ -77,7 +77,8 @@ end
 # estimate, cached key version, cached team version, lease ms, mode ('1' admit, '0' look up only)
 # -> {status, detail, retry ms, key v, team v, key fields (if v changed), team fields (if v changed), flags, now}
 # status: 0 unknown key, 1 ok, 2 expired, 3 model not allowed, 4 over a rate limit, 5 over a budget, 6 blocked
-# flags (what settle must undo): 1 key in flight (slot/lease), 2 key tpm, 4 team in flight, 8 team tpm
+# flags (what settle must undo): 1 key in flight (slot and/or budget lease), 2 key tpm, 4 team in flight, 8 team tpm,
+# 16 key parallel slot, 64 team parallel slot (what RELEASE frees)
 ADMIT = Script(_COMMON + r"""
 local h, alias, now, tid = ARGV[2], ARGV[3], clock(ARGV[4]), ARGV[5]
 local reserve, est = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -225,6 +226,7 @@ for _, sc in ipairs(scopes) do
     end
   end
   if par or budget then flags = flags + bit end
+  if par then flags = flags + bit * 16 end
 end
 return out(1, '', 0, flags)
 """)
@@ -283,8 +285,8 @@ return 1
 # budget lease and reservation stay until the cost is settled. ARGV: P, key hash, team id, ticket id, flags
 RELEASE = Script(_COMMON + r"""
 local h, team_id, tid, flags = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-if h ~= '' and flags % 2 == 1 then redis.call('ZREM', P .. ':par:k:' .. h, tid) end
-if team_id ~= '' and math.floor(flags / 4) % 2 == 1 then redis.call('ZREM', P .. ':par:t:' .. team_id, tid) end
+if h ~= '' and math.floor(flags / 16) % 2 == 1 then redis.call('ZREM', P .. ':par:k:' .. h, tid) end
+if team_id ~= '' and math.floor(flags / 64) % 2 == 1 then redis.call('ZREM', P .. ':par:t:' .. team_id, tid) end
 return 1
 """)
 

@@ -103,8 +103,8 @@ class Ticket:
 
     @property
     def holds_slot(self) -> bool:
-        """A parallel slot or budget lease in the store: a client leaving must free it at once."""
-        return bool(self.flags & 5) and not self.released
+        """A parallel slot (max_parallel_requests) in the store: a client leaving must free it at once."""
+        return bool(self.flags & 80) and not self.released  # 16 key, 64 team (limits.py ADMIT)
 
 
 def _label_of_team(rec: Record | None, team_id: str) -> str:

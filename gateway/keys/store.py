@@ -371,12 +371,14 @@ class MemoryStore:
                     self._incr(rec, "reserved", reserve)
             if par is not None or budget is not None:
                 flags += bit
+            if par is not None:
+                flags += bit * 16
         return out(1, "", 0, flags)
 
     def release(self, token: str, team: str, tid: str, flags: int) -> None:
-        if token and flags & 1:
+        if token and flags & 16:
             self.par.get(f"k:{token}", {}).pop(tid, None)
-        if team and flags & 4:
+        if team and flags & 64:
             self.par.get(f"t:{team}", {}).pop(tid, None)
 
     async def index_teams(self) -> list[tuple[str, str, str]]:
