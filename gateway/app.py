@@ -317,8 +317,8 @@ class Gateway:
         """Answer from the cache when it can; returns True when the response was sent."""
         from gateway.cache import CacheRequest, sse_replay
 
-        caller = call.caller
-        tenant = (caller.team or caller.key_alias or None) if caller is not None else None
+        # the tenant is a stable id (team_id, the key's own id, master, open), never a display label
+        tenant = call.caller.tenant if call.caller is not None else None
         cc = call.headers.get(b"cache-control")
         call.cache_req = CacheRequest(alias=call.alias, endpoint=call.endpoint, body=call.body, tenant=tenant,
                                       cache_control_header=cc.decode("latin-1") if cc else None)

@@ -178,7 +178,8 @@ class Proxy:
                 # is armed only for requests still running after 50 ms (most finish before: no task)
                 task = asyncio.current_task()
                 assert task is not None
-                arm = asyncio.get_running_loop().call_later(0.05, self._arm_watcher, receive, call, task)
+                held = call.ticket is not None and call.ticket.holds_slot  # watched at once: freed on disconnect
+                arm = asyncio.get_running_loop().call_later(0 if held else 0.05, self._arm_watcher, receive, call, task)
                 await self._serve(call, send)
             except GatewayError as exc:
                 call.status = exc.status
@@ -220,6 +221,8 @@ class Proxy:
                 # uvicorn also answers http.disconnect once the response is complete: not a client leaving
                 if not call.completing:
                     call.client_gone = True
+                    if call.ticket is not None:
+                        self.gw.keys.release(call)  # its parallel slot is free now, not after the unwinding
                     task.cancel()
                 return
 

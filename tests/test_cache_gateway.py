@@ -277,6 +277,158 @@ def test_tenants_never_share_answers(make_sim: Callable[..., Proc], make_gateway
     assert status(solo) == "MISS"  # a key without a team is its own tenant
 
 
+# -- tenants are stable ids, never labels (issue 10) ------------------------------------------------------
+
+ADMIN = {"Authorization": f"Bearer {MASTER}"}
+
+
+def admin_call(gw: Proc, path: str, body: dict[str, Any] | None = None, **params: Any) -> httpx.Response:
+    if body is None:
+        return httpx.get(f"{gw.url}{path}", params=params, headers=ADMIN, timeout=10)
+    return httpx.post(f"{gw.url}{path}", json=body, headers=ADMIN, timeout=10)
+
+
+def admin_ok(gw: Proc, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
+    r = admin_call(gw, path, body, **params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def refused(r: httpx.Response, param: str, *words: str) -> bool:
+    err = r.json()["error"]
+    return (r.status_code == 400 and err["type"] == "invalid_request_error" and err["param"] == param
+            and all(w in err["message"] for w in words))
+
+
+class Tenant:
+    """One caller (a key, or the master key) asking the same question; counts what it asked."""
+
+    def __init__(self, gw: Proc, key: str, question: str) -> None:
+        self.gw, self.key, self.q = gw, key, question
+        self.asked = 0
+
+    def status(self) -> str:
+        r = httpx.post(f"{self.gw.url}{CHAT}", headers={"Authorization": f"Bearer {self.key}"}, timeout=30,
+                       json={"model": "smart", "messages": [{"role": "user", "content": self.q}], "max_tokens": 6,
+                             "temperature": 0})
+        if r.status_code == 200:
+            self.asked += 1
+            return r.headers["x-gateway-cache"]
+        return str(r.status_code)
+
+    def until_hit(self) -> None:
+        """Ask until this tenant's own answer is served from the cache (it is stored after the response)."""
+        deadline = time.monotonic() + 10
+        while self.status() != "HIT":
+            assert time.monotonic() < deadline, "the answer was never cached"
+            time.sleep(0.05)
+
+
+def poll(pred: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := pred()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+def test_teams_sharing_an_alias_never_share_answers_spend_or_limits(
+        make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc], redis_proc: Proc) -> None:
+    """team_alias is unique among team aliases and ids (it is the `team` label); and even two teams that
+    share one (a store from before that rule) are two tenants: the cache, spend and limits go by team_id."""
+    import redis
+
+    sim = make_sim()
+    env = {"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_proc.port}/0"}
+    gw = make_gateway(cache_config(sim), env=env)
+    admin_ok(gw, "/team/new", {"team_id": "red", "team_alias": "Shared"})
+    assert refused(admin_call(gw, "/team/new", {"team_id": "blue", "team_alias": "Shared"}), "team_alias", "Shared")
+    assert refused(admin_call(gw, "/team/new", {"team_id": "blue", "team_alias": "red"}), "team_alias", "red")
+    assert refused(admin_call(gw, "/team/new", {"team_id": "Shared"}), "team_id", "Shared")
+    admin_ok(gw, "/team/new", {"team_id": "blue", "team_alias": "Blue"})
+    assert refused(admin_call(gw, "/team/update", {"team_id": "blue", "team_alias": "Shared"}), "team_alias")
+
+    redis.Redis(port=redis_proc.port).hset("gw:team:blue", "alias", "Shared")  # as an older gateway allowed
+    q = f"What is our refund policy? {uuid.uuid4().hex[:6]}"
+    red = Tenant(gw, admin_ok(gw, "/key/generate", {"team_id": "red"})["key"], q)
+    blue = Tenant(gw, admin_ok(gw, "/key/generate", {"team_id": "blue"})["key"], q)
+    assert red.status() == "MISS"
+    red.until_hit()
+    red_spend = poll(lambda: admin_ok(gw, "/team/info", team_id="red")["team_info"]["spend"])
+    assert red_spend > 0
+    assert blue.status() == "MISS"  # the same team label, another tenant
+    assert poll(lambda: admin_ok(gw, "/team/info", team_id="blue")["team_info"]["spend"] > 0)
+    assert admin_ok(gw, "/team/info", team_id="red")["team_info"]["spend"] == red_spend
+    admin_ok(gw, "/team/update", {"team_id": "red", "rpm_limit": 1})  # counted from now on
+    assert red.status() == "HIT" and red.status() == "429"
+    assert blue.status() in ("MISS", "HIT")  # red's limit is not blue's
+    # a gateway starting on such a store says which teams share a label
+    other = make_gateway(cache_config(sim), env=env)
+    assert poll(lambda: "share the name 'Shared'" in other.log())
+
+
+def test_a_teamless_key_named_like_a_team_is_its_own_tenant(
+        make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc], redis_proc: Proc) -> None:
+    sim = make_sim()
+    gw = make_gateway(cache_config(sim), env={"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_proc.port}/0"})
+    admin_ok(gw, "/team/new", {"team_id": "acme", "team_alias": "Acme Corp"})
+    q = f"Where is the invoice archive? {uuid.uuid4().hex[:6]}"
+    member = Tenant(gw, admin_ok(gw, "/key/generate", {"team_id": "acme", "key_alias": "acme-bot"})["key"], q)
+    named_id = Tenant(gw, admin_ok(gw, "/key/generate", {"key_alias": "acme"})["key"], q)
+    named_alias = Tenant(gw, admin_ok(gw, "/key/generate", {"key_alias": "Acme Corp"})["key"], q)
+    assert member.status() == "MISS"
+    member.until_hit()
+    assert named_id.status() == "MISS"  # key_alias == the team's id
+    assert named_alias.status() == "MISS"  # key_alias == the team's alias
+    named_id.until_hit()
+    assert member.status() == "HIT" and named_alias.status() in ("MISS", "HIT")
+
+    def spend(path: str, **params: str) -> float:
+        body = admin_ok(gw, path, **params)
+        return float((body.get("team_info") or body["info"])["spend"])
+
+    assert poll(lambda: spend("/key/info", key_alias="Acme Corp") > 0 and spend("/key/info", key_alias="acme") > 0)
+    assert poll(lambda: spend("/team/info", team_id="acme") == spend("/key/info", key_alias="acme-bot"))
+    text = metrics(gw)
+    assert metric_value(text, "oss_requests_total", team="Acme Corp") == member.asked
+    assert metric_value(text, "oss_requests_total", team="", key="Acme Corp") == named_alias.asked
+    admin_ok(gw, "/team/update", {"team_id": "acme", "rpm_limit": 1})  # counted from now on
+    assert member.status() == "HIT" and member.status() == "429"
+    assert named_id.status() == "HIT" and named_alias.status() in ("MISS", "HIT")
+
+
+def test_master_is_a_reserved_key_alias_and_the_master_key_its_own_tenant(
+        make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc], redis_proc: Proc) -> None:
+    import redis
+
+    sim = make_sim()
+    gw = make_gateway(cache_config(sim), env={"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_proc.port}/0"})
+    for alias in ("master", "Master", "key-0123abcd"):
+        assert refused(admin_call(gw, "/key/generate", {"key_alias": alias}), "key_alias", "reserved"), alias
+    made = admin_ok(gw, "/key/generate", {"key_alias": "legacy"})
+    assert refused(admin_call(gw, "/key/update", {"key": made["key"], "key_alias": "master"}), "key_alias")
+    rds = redis.Redis(port=redis_proc.port)  # a key stored as "master" before the name was reserved
+    rds.hset(f"gw:key:{made['token']}", "alias", "master")
+    rds.hdel("gw:key_alias", "legacy")
+    rds.hset("gw:key_alias", "master", made["token"])
+
+    q = f"Summarise the quarterly report {uuid.uuid4().hex[:6]}"
+    master, legacy = Tenant(gw, MASTER, q), Tenant(gw, made["key"], q)
+    assert master.status() == "MISS"
+    master.until_hit()
+    assert legacy.status() == "MISS"
+    legacy.until_hit()
+    label = f"key-{made['token'][:12]}"  # not "master"
+    text = metrics(gw)
+    assert metric_value(text, "oss_requests_total", key="master") == master.asked
+    assert metric_value(text, "oss_requests_total", key=label) == legacy.asked
+    assert metric_value(text, "oss_token_cost_usd_total", key="master") > 0
+    assert metric_value(text, "oss_token_cost_usd_total", key=label) > 0
+    rows = poll(lambda: (r := admin_ok(gw, "/spend/logs", key_alias="master")) and len(r) == master.asked and r)
+    assert rows and {r["api_key"] for r in rows} == {""}  # only the master key's own requests
+    info = poll(lambda: (i := admin_ok(gw, "/key/info", key=made["key"])["info"])["spend"] > 0 and i)
+    assert info and info["spend"] == pytest.approx(metric_value(text, "oss_token_cost_usd_total", key=label))
+
+
 def test_semantic_cache_can_embed_with_an_alias(make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc],
                                                 redis_proc: Proc, tmp_path: Any) -> None:
     """`redis_semantic_cache_embedding_model` (LiteLLM's key) embeds with an embeddings alias of router.yaml."""

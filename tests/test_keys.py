@@ -77,12 +77,13 @@ def chat(c: openai.OpenAI, model: str = "smart", **kw: Any) -> Any:
     return c.chat.completions.create(model=model, messages=MSG, max_tokens=10, **kw)  # type: ignore[arg-type]
 
 
-async def burst(clients: list[openai.AsyncOpenAI], n: int, **kw: Any) -> list[tuple[int, str | None, str]]:
+async def burst(clients: list[openai.AsyncOpenAI], n: int, model: str = "smart",
+                **kw: Any) -> list[tuple[int, str | None, str]]:
     """n concurrent chat requests spread over the clients: (status, Retry-After, error message)."""
 
     async def one(i: int) -> tuple[int, str | None, str]:
         try:
-            await clients[i % len(clients)].chat.completions.create(model="smart", messages=MSG,  # type: ignore[arg-type]
+            await clients[i % len(clients)].chat.completions.create(model=model, messages=MSG,  # type: ignore[arg-type]
                                                                     max_tokens=10, **kw)
             return 200, None, ""
         except openai.APIStatusError as exc:
@@ -252,7 +253,7 @@ def test_spend_logs_csv_and_metrics_labels(pair: tuple[Proc, Proc], sim: Proc) -
     text = metrics(a) + metrics(b)
     assert metric_value(text, "oss_token_cost_usd_total", team="Finance", key="finance-bot") == pytest.approx(0.04)
     assert metric_value(text, "oss_requests_total", team="Finance", key="finance-bot", status_class="2xx") == 4
-    anon_label = f"key-{anon['token'][:8]}"
+    anon_label = f"key-{anon['token'][:12]}"
     assert metric_value(text, "oss_completion_tokens_total", team="Finance", key=anon_label) == 10
     assert key not in text and anon["key"] not in text
     assert 'oss_limits_degraded{fail_mode="open"} 0.0' in text
@@ -376,3 +377,149 @@ def test_admin_is_disabled_without_a_master_key(sim: Proc) -> None:
         chat(client(gw, "anything"))  # auth off: the gateway is open
     finally:
         gw.stop()
+
+
+# -- issue 10: slots, windows, budgets across fallbacks, revocation ---------------------------------------
+
+def test_a_dropped_stream_frees_its_parallel_slot_at_once(sim: Proc, redis_server: Proc) -> None:
+    """max_parallel_requests 1: a client that drops a started stream and reconnects at once is admitted."""
+    gw = start_gateway(config(sim), env=gw_env(redis_server.extra["url"], f"par{uuid.uuid4().hex[:6]}"))
+    try:
+        key = admin(gw, "/key/generate", {"max_parallel_requests": 1})["key"]
+        auth = {"Authorization": f"Bearer {key}"}
+        slow = {"model": "smart", "messages": MSG, "max_tokens": 200, "stream": True, "sim": {"tps": 20}}
+        for _ in range(3):
+            with httpx.Client(timeout=20) as hc, hc.stream("POST", f"{gw.url}/v1/chat/completions", json=slow,
+                                                            headers=auth) as r:
+                assert r.status_code == 200
+                lines = r.iter_lines()
+                while '"content":" ' not in next(lines):  # the stream is running: a token arrived
+                    pass
+            # the connection is closed here, mid-stream; no pause before the next request
+            again = httpx.post(f"{gw.url}/v1/chat/completions", headers=auth, timeout=20,
+                               json={"model": "smart", "messages": MSG, "max_tokens": 5})
+            assert again.status_code == 200, again.text
+        with pytest.raises(openai.RateLimitError, match="max_parallel_requests 1"):  # the limit itself still holds
+            with httpx.Client(timeout=20) as hc, hc.stream("POST", f"{gw.url}/v1/chat/completions", json=slow,
+                                                            headers=auth) as r:
+                lines = r.iter_lines()  # held: a dropped iterator would close the connection
+                assert next(lines).startswith("data: ")
+                chat(client(gw, key))
+    finally:
+        gw.stop()
+
+
+def test_a_stream_longer_than_the_window_counts_its_tokens_when_it_ends(sim: Proc, redis_server: Proc) -> None:
+    """The real token count lands in the second the stream ends (not the second it was admitted): a 4 s
+    stream keeps the key over tpm_limit for a full 60 s after it ends, so a stream longer than the window
+    cannot escape the limit. (The store test with a controlled clock covers a 70 s stream.)"""
+    gw = start_gateway(config(sim), env=gw_env(redis_server.extra["url"], f"tpm{uuid.uuid4().hex[:6]}"))
+    try:
+        key = admin(gw, "/key/generate", {"tpm_limit": 20})["key"]
+        stream = client(gw, key).chat.completions.create(
+            model="smart", messages=MSG, max_tokens=40, stream=True,  # type: ignore[arg-type]
+            extra_body={"sim": {"tps": 10}})
+        started = time.monotonic()
+        assert sum(1 for _ in stream) > 40
+        assert time.monotonic() - started > 3.5
+        with pytest.raises(openai.RateLimitError, match="tpm_limit 20") as exc:
+            wait_for(lambda: chat(client(gw, key)) and False, timeout=2)  # until the settlement is in
+        assert int(exc.value.response.headers["retry-after"]) >= 59  # not 60 s after admission: ~56 s
+    finally:
+        gw.stop()
+
+
+def test_budget_holds_when_a_fallback_is_dearer(make_sim: Callable[..., Proc], redis_server: Proc) -> None:
+    """`cheap` always fails and falls back to `dear` (10x the price): the reservation prices the worst case
+    over the fallback chain, so concurrent requests cannot spend past max_budget."""
+    broken = make_sim("--fault", "500")
+    good = make_sim()
+    cfg = {"model_list": [
+        deployment("cheap", broken, "sim-cheap", input_cost_per_token=0.0, output_cost_per_token=0.001),
+        deployment("dear", good, "sim-dear", id="dear-1", input_cost_per_token=0.0, output_cost_per_token=0.01),
+    ], "router_settings": {"num_retries": 0, "allowed_fails": 1000, "fallbacks": [{"cheap": ["dear"]}]}}
+    gw = start_gateway(cfg, env=gw_env(redis_server.extra["url"], f"fb{uuid.uuid4().hex[:6]}"))
+    try:
+        key = admin(gw, "/key/generate", {"max_budget": 0.25})["key"]
+        r = client(gw, key).chat.completions.with_raw_response.create(model="cheap", messages=MSG,  # type: ignore[arg-type]
+                                                                     max_tokens=10)
+        assert r.headers["x-gateway-deployment"] == "dear-1"  # served by the fallback
+        # $0.10 spent; 4 more at once: the worst case ($0.10 each) leaves room for exactly one
+        results = asyncio.run(burst([aclient(gw, key)], 4, model="cheap"))
+        assert sorted(s for s, _, _ in results) == [200, 429, 429, 429], results
+        assert all("Budget exceeded" in m for s, _, m in results if s == 429)
+        info = wait_for(lambda: (i := admin(gw, "/key/info", key=key)["info"])["reserved"] == 0 and i)
+        assert info["spend"] == pytest.approx(0.2, abs=1e-9)  # never past $0.25
+        with pytest.raises(openai.RateLimitError, match="Budget exceeded"):
+            chat(client(gw, key), model="cheap")
+    finally:
+        gw.stop()
+
+
+def _deadline_status(gw: Proc, key: str, want: int, within: float) -> tuple[int, float, dict[str, Any]]:
+    """Ask until the status is `want` or `within` seconds passed: (last status, seconds taken, error body)."""
+    start = time.monotonic()
+    while True:
+        r = httpx.post(f"{gw.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=10,
+                       json={"model": "smart", "messages": MSG, "max_tokens": 2})
+        took = time.monotonic() - start
+        if r.status_code == want or took > within:
+            return r.status_code, took, r.json() if r.status_code != 200 else {}
+
+
+def test_deleted_or_blocked_keys_stop_on_every_gateway_within_a_second(sim: Proc, redis_server: Proc) -> None:
+    """Two gateway processes on one Redis, key cache 30 s: a key deleted or blocked through one is refused by
+    the other within 1 s (the invalidation channel), also right after the channel was cut."""
+    prefix = f"rv{uuid.uuid4().hex[:6]}"
+    env = gw_env(redis_server.extra["url"], prefix, GATEWAY_KEY_CACHE_TTL="30")
+    a = start_gateway(config(sim), env=env)
+    b = start_gateway(config(sim), env=env)
+    rds = redis.Redis.from_url(redis_server.extra["url"])
+    try:
+        def warm(key: str) -> None:
+            for _ in range(2):  # the second answer comes from b's key cache
+                assert _deadline_status(b, key, 200, 0)[0] == 200
+
+        gone = admin(a, "/key/generate", {})["key"]
+        warm(gone)
+        admin(a, "/key/delete", {"keys": [gone]})
+        status, took, body = _deadline_status(b, gone, 401, 1.0)
+        assert status == 401 and took < 1.0, (status, took, body)
+
+        blocked = admin(a, "/key/generate", {"key_alias": f"blockme-{uuid.uuid4().hex[:6]}"})
+        warm(blocked["key"])
+        assert admin(a, "/key/block", {"key": blocked["key"]})["blocked"] is True
+        status, took, body = _deadline_status(b, blocked["key"], 401, 1.0)
+        assert status == 401 and took < 1.0 and body["error"]["code"] == "key_blocked", (status, took, body)
+        assert admin(a, "/key/info", key=blocked["token"])["info"]["blocked"] is True
+        admin(a, "/key/unblock", {"key": blocked["token"]})
+        assert _deadline_status(b, blocked["key"], 200, 1.0)[0] == 200
+
+        team = admin(a, "/team/new", {})["team_id"]
+        member = admin(a, "/key/generate", {"team_id": team})["key"]
+        warm(member)
+        admin(a, "/team/block", {"team_id": team})
+        status, took, body = _deadline_status(b, member, 401, 1.0)
+        assert status == 401 and took < 1.0 and body["error"]["code"] == "team_blocked", (status, took, body)
+
+        # the channel is cut (b's subscription dropped by Redis): until b has subscribed again it asks Redis
+        # on every request, and after that it listens again — a deletion still takes effect within 1 s
+        def subscribers() -> int:
+            return int(rds.pubsub_numsub(f"{prefix}:inval")[0][1])
+
+        assert wait_for(lambda: subscribers() >= 2)
+        late = admin(a, "/key/generate", {})["key"]
+        warm(late)
+        rds.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        admin(a, "/key/delete", {"keys": [late]})
+        status, took, _ = _deadline_status(b, late, 401, 1.0)
+        assert status == 401 and took < 1.0
+        assert wait_for(lambda: subscribers() >= 2, timeout=10), "the gateways did not subscribe again"
+        last = admin(a, "/key/generate", {})["key"]
+        warm(last)
+        admin(a, "/key/delete", {"keys": [last]})
+        status, took, _ = _deadline_status(b, last, 401, 1.0)
+        assert status == 401 and took < 1.0
+    finally:
+        a.stop()
+        b.stop()

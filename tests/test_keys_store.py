@@ -207,3 +207,81 @@ def test_durations_dates_and_csv() -> None:
         parse_time("yesterday", False)
     text = csv_text([{"request_id": "=HYPERLINK(1)", "key_alias": "-x", "spend": 0.5}], True)
     assert "'=HYPERLINK(1)" in text and "'-x" in text
+
+
+async def test_tokens_above_the_estimate_count_when_the_request_settles(store: Any) -> None:
+    """A stream longer than the 60 s window: its completion tokens still count (from the second of settlement),
+    and an over-estimate whose second has left the window is not taken back from the current window."""
+    h = await new_key(store, tpm=50)
+    a = await admit(store, h, T0, est=10)
+    await settle(store, h, a, T0 + 70_000, est=10, tokens=100)  # 70 s later: 90 more tokens than estimated
+    r = await admit(store, h, T0 + 71_000, est=1)
+    assert r.status == 4 and r.detail == "key:tpm:50"
+    assert 58_000 <= r.retry_ms <= 59_000  # until the settlement's second leaves the window
+    assert (await admit(store, h, T0 + 130_001, est=1)).status == 1
+
+    h2 = await new_key(store, tpm=1)
+    b = await admit(store, h2, T0, est=60)
+    await settle(store, h2, b, T0 + 70_000, est=60, tokens=5)  # over-estimated, but its second is gone
+    assert (await admit(store, h2, T0 + 71_000, est=1)).status == 1  # window is 0, not -55
+    assert (await admit(store, h2, T0 + 71_001, est=1)).status == 4
+
+
+async def test_release_frees_the_parallel_slot_but_keeps_the_reservation(store: Any) -> None:
+    h = await new_key(store, par=1, budget=100)
+    a = await admit(store, h, T0, reserve=60)
+    assert a.status == 1 and (await admit(store, h, T0 + 1, reserve=10)).detail == "key:par:1"
+    store.release(h, "", a.tid, a.flags)
+    b = await admit(store, h, T0 + 2, reserve=60)  # slot free, but 60 + 60 > 100: the reservation holds
+    assert b.status == 5 and b.detail == "key:budget:100:0:60"
+    await settle(store, h, a, T0 + 3, cost=10)
+    c = await admit(store, h, T0 + 4, reserve=60)
+    assert c.status == 1
+    rec = await store.get("key", h)
+    assert (rec["spend"], rec["reserved"]) == ("10", "60")
+
+    await new_team(store, "duo", par=1)  # the team's slot too
+    k = await new_key(store, team="duo")
+    d = await admit(store, k, T0)
+    assert d.status == 1 and (await admit(store, k, T0 + 1)).detail == "team:par:1"
+    store.release(k, "duo", d.tid, d.flags)
+    assert (await admit(store, k, T0 + 2)).status == 1
+
+
+async def test_blocked_keys_and_teams(store: Any) -> None:
+    await new_team(store, "grey")
+    h = await new_key(store, team="grey")
+    assert (await admit(store, h, T0)).status == 1
+    assert await store.update("key", h, None, None, [], {"blocked": "1"}) == 1
+    assert ((r := await admit(store, h, T0)).status, r.detail) == (6, "key")
+    assert await store.update("key", h, None, None, ["blocked"], {}) == 1
+    assert await store.update("team", "grey", None, None, [], {"blocked": "1"}) == 1
+    assert ((r := await admit(store, h, T0)).status, r.detail) == (6, "team")
+
+
+async def test_team_ids_and_aliases_are_one_namespace(store: Any) -> None:
+    async def team(team_id: str, alias: str) -> int:
+        f = {"id": team_id, "alias": alias, "models": "", "meta": "{}", "created": "0", "spend": "0", "total": "0",
+             "reserved": "0"}
+        return int(await store.create("team", team_id, "", alias, f))
+
+    assert await team("red", "Shared") == 1
+    assert await team("blue", "Shared") == -2  # the same alias
+    assert await team("blue", "red") == -2  # another team's id (its label when it has no alias)
+    assert await team("Shared", "") == -3  # another team's alias
+    assert await team("blue", "Blue") == 1
+    assert await store.update("team", "blue", None, "Shared", [], {}) == -2
+    assert (await store.get("team", "blue"))["alias"] == "Blue"
+    assert await store.update("team", "red", None, "Other", [], {}) == 1
+    assert await store.update("team", "blue", None, "Shared", [], {}) == 1  # freed by the rename
+    assert await team("Blue", "") == 1  # blue's old alias was freed too
+    assert await store.update("team", "red", None, "", [], {}) == 1  # back to its id as label
+    assert await team("green", "red") == -2  # ... which stays claimed
+    assert (await store.delete_team("red"))[0]
+    assert await team("red", "") == 1  # a deleted team's names are free
+    # every check before any write: a refused update changes nothing
+    h = await new_key(store, alias="svc-x")
+    await new_key(store, alias="svc-y")
+    assert await store.update("key", h, "blue", "svc-y", [], {"rpm": "1"}) == -2
+    rec = await store.get("key", h)
+    assert (rec["team"], rec["alias"], rec.get("rpm")) == ("", "svc-x", None)

@@ -68,6 +68,30 @@ def is_token_hash(value: str) -> bool:
     return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
+RESERVED_KEY_ALIASES = frozenset({"master"})  # the master key's label
+_GENERATED_LABEL = re.compile(r"key-[0-9a-f]+")
+
+
+def key_label(alias: str, token_hash: str) -> str:
+    """A key's `key` label in metrics, logs and the ledger: its alias, or `key-<first 12 hex of its token>`
+    when it has none — or when its alias is reserved (a key stored before the alias was refused must not
+    take the master key's label, nor another key's generated one)."""
+    if alias and not reserved_key_alias(alias):
+        return alias
+    return f"key-{token_hash[:12]}"
+
+
+def reserved_key_alias(alias: str) -> bool:
+    return alias.casefold() in RESERVED_KEY_ALIASES or _GENERATED_LABEL.fullmatch(alias) is not None
+
+
+def _free_key_alias(v: str | None) -> str | None:
+    if v is not None and reserved_key_alias(v):
+        raise ValueError(f"{v!r} is reserved: 'master' is the master key's label and 'key-<hex>' the label of a "
+                         "key without alias; choose another key_alias")
+    return v
+
+
 def iso(ms: int | None) -> str | None:
     if ms is None:
         return None
@@ -130,6 +154,7 @@ class _Limits(BaseModel):
     rpm_limit: Limit | None = Field(None, description="requests per minute (sliding 60 s window)")
     tpm_limit: Limit | None = Field(None, description="tokens per minute (sliding 60 s window)")
     max_parallel_requests: Limit | None = Field(None, description="requests in flight at once")
+    blocked: bool | None = Field(None, description="true: every request is refused (401) until unblocked")
     metadata: dict[str, Any] | None = None
 
     @field_validator("budget_duration")
@@ -147,7 +172,8 @@ class _Limits(BaseModel):
 
 
 class GenerateKeyRequest(_Limits):
-    key_alias: Name | None = Field(None, description="unique name; the key's label in metrics and logs")
+    key_alias: Name | None = Field(None, description="unique name; the key's label in metrics and logs "
+                                                     "('master' and 'key-<hex>' are reserved)")
     team_id: TeamId | None = Field(None, description="team this key belongs to (must exist: POST /team/new)")
     duration: Duration | None = Field(None, description='time until the key expires: "30d", "1h"; none = never')
     key: Annotated[str, StringConstraints(min_length=20, max_length=256, pattern=r"^sk-[A-Za-z0-9_\-]+$")] | None = \
@@ -157,6 +183,11 @@ class GenerateKeyRequest(_Limits):
     @classmethod
     def _expiry(cls, v: Any) -> Any:
         return _check_duration(v)
+
+    @field_validator("key_alias")
+    @classmethod
+    def _alias(cls, v: str | None) -> str | None:
+        return _free_key_alias(v)
 
 
 KeyRef = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_utf8)]
@@ -173,6 +204,15 @@ class UpdateKeyRequest(_Limits):
     def _expiry(cls, v: Any) -> Any:
         return _check_duration(v)
 
+    @field_validator("key_alias")
+    @classmethod
+    def _alias(cls, v: str | None) -> str | None:
+        return _free_key_alias(v)
+
+
+class BlockKeyRequest(BaseModel):
+    key: KeyRef = Field(description="the key (sk-...) or its token hash")
+
 
 class DeleteKeyRequest(BaseModel):
     keys: list[KeyRef] = Field(default_factory=list, max_length=1000, description="keys (sk-...) or token hashes")
@@ -181,12 +221,17 @@ class DeleteKeyRequest(BaseModel):
 
 class NewTeamRequest(_Limits):
     team_id: TeamId | None = Field(None, description="default: a new UUID")
-    team_alias: Name | None = Field(None, description="the team's label in metrics and logs (default: team_id)")
+    team_alias: Name | None = Field(None, description="the team's label in metrics and logs (default: team_id); "
+                                                      "unique among team aliases and team ids")
 
 
 class UpdateTeamRequest(_Limits):
     team_id: TeamId
     team_alias: Name | None = None
+
+
+class BlockTeamRequest(BaseModel):
+    team_id: TeamId
 
 
 class DeleteTeamRequest(BaseModel):
@@ -237,6 +282,7 @@ class Record:
     v: str
     team: str = ""              # keys only
     expires: int | None = None  # keys only
+    blocked: bool = False
 
     @property
     def limited(self) -> bool:
@@ -271,7 +317,7 @@ class Record:
             spend=_int(g("spend")) or 0, total=_int(g("total")) or 0, reserved=_int(g("reserved")) or 0,
             rpm=_int(g("rpm")), tpm=_int(g("tpm")), par=_int(g("par")),
             created=_int(g("created")) or 0, meta=meta if isinstance(meta, dict) else {}, v=_s(g("v")),
-            team=_s(g("team")), expires=_int(g("expires")),
+            team=_s(g("team")), expires=_int(g("expires")), blocked=_s(g("blocked")) == "1",
         )
 
     def limits_view(self, now: int) -> dict[str, Any]:
@@ -284,7 +330,7 @@ class Record:
             "total_spend": nano_to_usd(self.total),
             "reserved": nano_to_usd(self.reserved),
             "rpm_limit": self.rpm, "tpm_limit": self.tpm, "max_parallel_requests": self.par,
-            "metadata": self.meta, "created_at": iso(self.created),
+            "blocked": self.blocked, "metadata": self.meta, "created_at": iso(self.created),
         }
 
     def key_view(self, now: int) -> dict[str, Any]:
@@ -318,6 +364,8 @@ def limit_fields(req: _Limits, fields_set: set[str], now: int) -> tuple[dict[str
     for src, dst in (("rpm_limit", "rpm"), ("tpm_limit", "tpm"), ("max_parallel_requests", "par")):
         if src in fields_set:
             put(dst, getattr(req, src))
+    if "blocked" in fields_set:
+        put("blocked", "1" if req.blocked else None)
     if "metadata" in fields_set:
         out["meta"] = orjson.dumps(req.metadata or {}).decode()
     return out, drop

@@ -363,3 +363,111 @@ class RedisLink:
 
     def evalsha_many(self, script: Script, arglists: Sequence[Sequence[Arg]]) -> list[asyncio.Future[Any]]:
         return self.send_many([[b"EVALSHA", script.sha, b"0", *a] for a in arglists])
+
+
+class Subscriber:
+    """A second connection to the same Redis in SUBSCRIBE mode (such a connection can do nothing else).
+
+    `on_message(data)` runs for each message on `channel`; `on_up()` after every (re)subscription —
+    messages published while the connection was down are lost, so the owner must treat everything it
+    learned before as unconfirmed; `on_down()` when the connection is lost. A connection silent for
+    `ping_interval` gets a PING; no answer within `timeout` counts as dead (a stuck Redis never sends FIN).
+    Reconnects every `retry_interval` seconds.
+    """
+
+    def __init__(self, link: RedisLink, channel: str, on_message: Callable[[bytes], None],
+                 on_up: Callable[[], None], on_down: Callable[[], None], ping_interval: float = 2.0) -> None:
+        self.link = link
+        self.channel = channel
+        self.on_message = on_message
+        self.on_up = on_up
+        self.on_down = on_down
+        self.ping_interval = ping_interval
+        self.up = False
+        self._warned = False
+        self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="state-redis-subscriber")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._task = None
+
+    def reset(self) -> None:
+        """Drop the connection (it reconnects): for when the owner has reason to distrust it."""
+        if self._writer is not None:
+            self._writer.close()
+
+    async def _run(self) -> None:
+        link = self.link
+        while True:
+            try:
+                await self._session()
+            except Exception as exc:  # noqa: BLE001 - any failure: reconnect (and say so once)
+                why = str(exc) or type(exc).__name__
+                if self.up or (link.up and not self._warned):  # lost, or refused while Redis answers otherwise
+                    self._warned = True
+                    log.warning("state Redis %s: invalidation channel %s (%s); keys are checked in Redis on every "
+                                "request until it is back", link.where, "lost" if self.up else "unavailable", why)
+            finally:
+                self._writer = None
+                if self.up:
+                    self.up = False
+                    self.on_down()
+            await asyncio.sleep(link.retry_interval)
+
+    async def _session(self) -> None:
+        link = self.link
+        timeout = max(link.timeout, 1.0)
+        ctx = ssl.create_default_context() if link._ssl else None
+        if link._unix:
+            opening = asyncio.open_unix_connection(link._unix)
+        else:
+            opening = asyncio.open_connection(link._host, link._port, ssl=ctx)
+        reader, writer = await asyncio.wait_for(opening, timeout * 2)
+        self._writer = writer
+        buf = bytearray()
+
+        async def reply(wait: float, ping: bool = False) -> Any:
+            while True:
+                if buf:
+                    r = _parse(buf, 0)
+                    if r is not _INCOMPLETE:
+                        value, pos = r  # type: ignore[misc]
+                        del buf[:pos]
+                        return value
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), wait)
+                except TimeoutError:
+                    if not ping:
+                        raise
+                    writer.write(encode(["PING"]))  # quiet for a while: is anyone there?
+                    data = await asyncio.wait_for(reader.read(65536), timeout)
+                if not data:
+                    raise EOFError("connection closed")
+                buf.extend(data)
+
+        try:
+            if link._password:
+                writer.write(encode(["AUTH", link._user, link._password] if link._user else ["AUTH", link._password]))
+                r = await reply(timeout)
+                if isinstance(r, ReplyError):
+                    raise r
+            writer.write(encode(["SUBSCRIBE", self.channel]))
+            r = await reply(timeout)
+            if not (isinstance(r, list) and r and r[0] == b"subscribe"):
+                raise ValueError(f"unexpected SUBSCRIBE reply {r!r}")
+            self.up = True
+            self._warned = False
+            self.on_up()
+            while True:
+                msg = await reply(self.ping_interval, ping=True)
+                if isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
+                    self.on_message(msg[2])
+        finally:
+            writer.close()

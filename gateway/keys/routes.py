@@ -21,6 +21,8 @@ from gateway.auth import require_admin
 from gateway.errors import GatewayError
 from gateway.keys import ledger as ledger_mod
 from gateway.keys.models import (
+    BlockKeyRequest,
+    BlockTeamRequest,
     DeleteKeyRequest,
     DeleteTeamRequest,
     GenerateKeyRequest,
@@ -109,8 +111,12 @@ def build_router(gw: Gateway) -> APIRouter:
             raise errors.not_found(f"{what} not found")
         if code == -1:
             raise bad(f"Team '{team}' does not exist: create it with POST /team/new", "team_id")
-        if code == -2:
+        if code == -2 and what == "Key":
             raise bad(f"key_alias '{alias}' is already used by another key", "key_alias")
+        if code == -2:  # team aliases are labels (metrics, logs): two teams never share one
+            raise bad(f"team_alias '{alias}' is already the team_alias or team_id of another team", "team_alias")
+        if code == -3:
+            raise bad(f"team_id '{team}' is already the team_alias of another team", "team_id")
 
     def extras(req: Any) -> dict[str, Any]:
         ignored = req.ignored_fields()
@@ -169,6 +175,22 @@ def build_router(gw: Gateway) -> APIRouter:
         rec = await key_record(h, None)
         return {"key": h, "info": rec.key_view(now), **extras(req)}
 
+    async def block_key(ref: str, blocked: bool) -> dict[str, Any]:
+        h = await resolve(ref)
+        code = await store.update("key", h, None, None, [] if blocked else ["blocked"],
+                                  {"blocked": "1"} if blocked else {})
+        check(code, "Key")
+        svc.forget(h)
+        return (await key_record(h, None)).key_view(now_ms())
+
+    @router.post("/key/block", tags=["keys"], summary="Block a key: every request with it gets 401 until unblocked")
+    async def key_block(req: BlockKeyRequest) -> dict[str, Any]:
+        return await block_key(req.key, True)
+
+    @router.post("/key/unblock", tags=["keys"], summary="Unblock a key")
+    async def key_unblock(req: BlockKeyRequest) -> dict[str, Any]:
+        return await block_key(req.key, False)
+
     @router.post("/key/delete", tags=["keys"], summary="Delete keys (by key, token hash or key_alias)")
     async def delete_key(req: DeleteKeyRequest) -> dict[str, Any]:
         if not req.keys and not req.key_aliases:
@@ -197,9 +219,10 @@ def build_router(gw: Gateway) -> APIRouter:
         fields.setdefault("models", "")
         fields.setdefault("meta", "{}")
         fields.update(id=team_id, alias=req.team_alias or "", created=str(now), spend="0", total="0", reserved="0")
-        code = await store.create("team", team_id, "", "", fields)
+        code = await store.create("team", team_id, "", req.team_alias or "", fields)
         if code == 0:
             raise bad(f"Team '{team_id}' already exists", "team_id")
+        check(code, "Team", team_id, req.team_alias)
         return {**Record.from_fields(fields, "team").team_view(now), **extras(req)}
 
     async def team_record(team_id: str) -> Record:
@@ -228,9 +251,24 @@ def build_router(gw: Gateway) -> APIRouter:
         fields, drop = limit_fields(req, req.model_fields_set, now)
         alias = (req.team_alias or "") if "team_alias" in req.model_fields_set else None
         code = await store.update("team", req.team_id, None, alias, drop, fields)
-        check(code, f"Team '{req.team_id}'")
+        check(code, f"Team '{req.team_id}'", req.team_id, alias)
         svc.forget_team(req.team_id)
         return {**(await team_record(req.team_id)).team_view(now), **extras(req)}
+
+    async def block_team(team_id: str, blocked: bool) -> dict[str, Any]:
+        code = await store.update("team", team_id, None, None, [] if blocked else ["blocked"],
+                                  {"blocked": "1"} if blocked else {})
+        check(code, f"Team '{team_id}'")
+        svc.forget_team(team_id)
+        return (await team_record(team_id)).team_view(now_ms())
+
+    @router.post("/team/block", tags=["teams"], summary="Block a team: every request with its keys gets 401")
+    async def team_block(req: BlockTeamRequest) -> dict[str, Any]:
+        return await block_team(req.team_id, True)
+
+    @router.post("/team/unblock", tags=["teams"], summary="Unblock a team")
+    async def team_unblock(req: BlockTeamRequest) -> dict[str, Any]:
+        return await block_team(req.team_id, False)
 
     @router.post("/team/delete", tags=["teams"], summary="Delete teams and their keys")
     async def delete_team(req: DeleteTeamRequest) -> dict[str, Any]:

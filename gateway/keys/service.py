@@ -3,12 +3,18 @@
 Per request with a virtual key:
 1. sha256 of the bearer token (the secret itself is never stored, logged or used as a label);
 2. a key (and its team) with no limits, verified by the store less than GATEWAY_KEY_CACHE_TTL seconds
-   ago, is served from the in-process cache: no Redis round trip;
+   ago, is served from the in-process cache: no Redis round trip. Every admin write that changes or
+   removes a key or team publishes its id on P:inval (from inside its Lua script); each worker listens
+   on its own connection and drops its copy when the message arrives, so a deleted or blocked key stops
+   everywhere within milliseconds. While that channel is not connected, the cache is not trusted (every
+   request asks Redis); after a reconnect, entries verified before it are checked again;
 3. otherwise ONE Lua script checks existence, expiry, allowed models, RPM/TPM (sliding 60 s),
    parallel requests and budgets of the key and its team, and reserves the request's worst-case cost
    — atomically, so N workers/replicas on one Redis enforce one limit;
 4. after the response (`on_usage` from `Gateway.record_usage`, `finish` from the request's end), the
    real cost replaces the reservation, spend and the ledger are written: batched, off the hot path.
+   The parallel slot is freed as soon as the client is gone or the response is out (`release`), even
+   when the cost is still being counted (a stream without usage): the reservation waits for the cost.
 
 State Redis down: keys verified in the last GATEWAY_KEY_GRACE_PERIOD seconds keep working from the
 cache; unknown keys are refused (503, never served unauthenticated); limited keys pass (fail open)
@@ -29,15 +35,16 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
 from gateway import errors
-from gateway.auth import Caller
+from gateway.auth import Caller, key_tenant, team_tenant
 from gateway.errors import GatewayError
 from gateway.keys.ledger import entry_fields
-from gateway.keys.models import NANO, Record, iso, now_ms
+from gateway.keys.models import NANO, Record, iso, key_label, now_ms
+from gateway.keys.resp import Subscriber
 from gateway.keys.store import AdmitResult, MemoryStore, RedisStore, ReplyError, Settlement, StoreUnavailable
 from gateway.tokens import estimate_prompt_tokens, estimate_text_tokens
 
@@ -85,6 +92,7 @@ class Ticket:
     dep: str = ""
     used: bool = False
     finished: bool = False
+    released: bool = False  # parallel slots freed (the response is over for the client)
     done: bool = False
     rid: str = ""
     alias: str = ""
@@ -93,15 +101,37 @@ class Ticket:
     stream: bool = False
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
-
-def _label_of_key(rec: Record) -> str:
-    return rec.alias or f"key-{rec.id[:8]}"
+    @property
+    def holds_slot(self) -> bool:
+        """A parallel slot (max_parallel_requests) in the store: a client leaving must free it at once."""
+        return bool(self.flags & 80) and not self.released  # 16 key, 64 team (limits.py ADMIT)
 
 
 def _label_of_team(rec: Record | None, team_id: str) -> str:
     if rec is None:
         return team_id
     return rec.alias or rec.id
+
+
+Price = tuple[float, float, int | None]  # (input USD/token, output USD/token, output token cap) of an alias
+
+
+def reachable_aliases(config: GatewayConfig, alias: str) -> list[str]:
+    """The alias and every alias a request for it can be served by, as Proxy._serve walks them: its
+    `fallbacks` (else `default_fallbacks`, for the requested alias only) and `context_window_fallbacks`,
+    transitively."""
+    r = config.router
+    out, todo = [alias], [alias]
+    while todo:
+        a = todo.pop()
+        nxt = r.fallbacks.get(a)
+        if nxt is None and a == alias:
+            nxt = r.default_fallbacks
+        for b in (*(nxt or ()), *r.context_window_fallbacks.get(a, ())):
+            if b not in out and b in config.aliases:
+                out.append(b)
+                todo.append(b)
+    return out
 
 
 def _usd(nano: int) -> str:
@@ -124,10 +154,19 @@ class KeyService:
         self.retention_ms = int(s.ledger_retention_days * 86_400_000)
         self.default_max_tokens = s.budget_default_max_tokens
         self._cache: dict[str, _Entry] = {}
+        # the local cache may serve a key only while the invalidation channel is connected (`_listening`),
+        # for entries verified after the last (re)subscription (`_valid_after`); `_gen` counts invalidations,
+        # so a verification that was in flight while one arrived is not trusted
+        self._listening = isinstance(self.store, MemoryStore)  # one process: admin writes drop the entry
+        self._valid_after = 0.0
+        self._gen = 0
+        self.subscriber = (Subscriber(self.store.link, f"{self.prefix}:inval", self._on_invalidation,
+                                      self._on_listening, self._on_deaf)
+                           if isinstance(self.store, RedisStore) else None)
         self._prices_for: GatewayConfig | None = None
-        self._prices: dict[str, tuple[float, float, int | None]] = {}
-        self._queue: list[Settlement] = []
-        self._flushing = False
+        self._prices: dict[str, tuple[Price, ...]] = {}
+        self._sent: list[tuple[Settlement, asyncio.Future[Any]]] = []  # written, reply not read yet
+        self._collecting = False
         self._backlog: deque[Settlement] = deque()
         self._backlog_max = s.ledger_backlog
         self._tid_prefix = secrets.token_hex(4) + format(os.getpid() % 4096, "x") + "."
@@ -154,6 +193,8 @@ class KeyService:
                             f"; each of the {workers} workers has its own" if workers > 1 else "")
             return
         await self.store.start()
+        if self.subscriber is not None:
+            self.subscriber.start()
         if self.store.up:
             policy = await self.store.maxmemory_policy()
             if policy is not None and policy != "noeviction":
@@ -166,21 +207,56 @@ class KeyService:
                  self.store.where, self.prefix, self.mode, self.cache_ttl, self.retention_ms / 86_400_000)
 
     async def close(self) -> None:
-        """Write what is queued (SIGTERM drain), then disconnect."""
-        batch, self._queue = self._queue, []
-        if batch and isinstance(self.store, RedisStore) and self.store.up:
-            await self._write(batch)
+        """Read the replies of what was written (SIGTERM drain), then disconnect."""
+        sent, self._sent = self._sent, []
+        if sent:
+            await self._collect_sent(sent)
+        if self.subscriber is not None:
+            await self.subscriber.close()
         if self._backlog:
             log.error("keys: %d settlements (spend + ledger) could not be written before shutdown: the state Redis "
                       "was down", len(self._backlog))
         await self.store.close()
 
     def _on_state(self, up: bool) -> None:
+        if up:
+            self.gw.spawn(self._index_teams())
+        elif self.subscriber is not None:
+            self.subscriber.reset()  # the same Redis: do not trust a subscription that may be just as dead
         if up and self._backlog:
             log.info("keys: writing %d settlements kept while the state Redis was down", len(self._backlog))
-            self._queue.extend(self._backlog)
+            batch = list(self._backlog)
             self._backlog.clear()
-            self._schedule_flush()
+            self._send(batch)
+
+    async def _index_teams(self) -> None:
+        try:
+            shared = await self.store.index_teams()
+        except (StoreUnavailable, ReplyError):
+            return
+        for name, team, owner in shared:
+            log.warning("keys: teams '%s' and '%s' share the name '%s' (created before team aliases were unique): "
+                        "their metrics and logs carry the same team label; rename one with POST /team/update",
+                        owner, team, name)
+
+    # -- invalidation (P:inval) -------------------------------------------------------------------------
+
+    def _on_invalidation(self, data: bytes) -> None:
+        self._gen += 1
+        for item in data.decode("utf-8", "replace").split("\n"):
+            kind, _, ident = item.partition(":")
+            if kind == "k":
+                self._cache.pop(ident, None)
+            elif kind == "t":
+                self.forget_team(ident)
+
+    def _on_listening(self) -> None:
+        self._gen += 1
+        self._valid_after = time.monotonic()  # anything may have changed while nobody listened
+        self._listening = True
+
+    def _on_deaf(self) -> None:
+        self._listening = False
 
     # -- the hot path -----------------------------------------------------------------------------------
 
@@ -191,7 +267,8 @@ class KeyService:
         mono = time.monotonic()
         config = self.gw.config
         known = alias in config.aliases
-        if entry is not None and not entry.limited and mono - entry.checked < self.cache_ttl:
+        if (entry is not None and not entry.limited and mono - entry.checked < self.cache_ttl
+                and self._listening and entry.checked > self._valid_after):
             self._check_local(entry, alias if known else "")
             if call is not None and known:
                 call.ticket = self._ticket(h, entry.caller, entry.key.team, 0, 0, 0, now_ms())
@@ -201,6 +278,7 @@ class KeyService:
         admit = call is not None and known
         reserve, est = self._worst_case(call, alias, config) if admit else (0, 0)  # type: ignore[arg-type]
         tid = f"{self._tid_prefix}{next(self._tid_count):x}"
+        gen = self._gen
         try:  # now=0: the store's clock, one for every replica
             r = await self.store.admit(h, alias if known else "", 0, tid, reserve, est,
                                        entry.key.v if entry else "", entry.team.v if entry and entry.team else "",
@@ -212,7 +290,8 @@ class KeyService:
             self._cache.pop(h, None)
             self.auth_failures.labels("unknown").inc()
             raise errors.authentication_error("Invalid API key")
-        entry = self._refresh(h, entry, r, mono)
+        # an invalidation that arrived meanwhile may be newer than this answer: use it once, do not cache it
+        entry = self._refresh(h, entry, r, mono if gen == self._gen else mono - self.cache_ttl)
         if r.status != 1:
             self._refuse(entry, r, alias)
         if admit:
@@ -231,14 +310,16 @@ class KeyService:
                       est, degraded)
 
     def _worst_case(self, call: Call, alias: str, config: GatewayConfig) -> tuple[int, int]:
-        """(reservation in nano-USD, prompt-token estimate) for the requested alias."""
+        """(reservation in nano-USD, prompt-token estimate): the dearest alias the request can be served by
+        (the alias or one of its fallbacks), at its dearest deployment."""
         if self._prices_for is not config:
-            table: dict[str, tuple[float, float, int | None]] = {}
+            own: dict[str, Price] = {}
             for a, deps in config.aliases.items():
                 caps = [d.max_output_tokens for d in deps if d.max_output_tokens]
-                table[a] = (max(d.input_cost_per_token for d in deps), max(d.output_cost_per_token for d in deps),
-                            max(caps) if caps else None)
-            self._prices, self._prices_for = table, config
+                own[a] = (max(d.input_cost_per_token for d in deps), max(d.output_cost_per_token for d in deps),
+                          max(caps) if caps else None)
+            self._prices = {a: tuple(dict.fromkeys(own[b] for b in reachable_aliases(config, a))) for a in own}
+            self._prices_for = config
         body = call.body
         if call.endpoint == "embeddings":
             inp = body.get("input")
@@ -249,19 +330,24 @@ class KeyService:
             if call.prompt_estimate is None:
                 call.prompt_estimate = estimate_prompt_tokens(body)
             prompt = call.prompt_estimate
-        pin, pout, cap = self._prices[alias]
-        if not pin and not pout:
+        prices = self._prices[alias]
+        if all(not pin and not pout for pin, pout, _ in prices):
             return 0, prompt
-        out = 0
+        asked: int | None = None
+        n = 1
         if call.endpoint != "embeddings":
             mt = body.get("max_completion_tokens")
             if not isinstance(mt, int) or isinstance(mt, bool) or mt < 0:
                 mt = body.get("max_tokens")
-            if not isinstance(mt, int) or isinstance(mt, bool) or mt < 0:
-                mt = cap or self.default_max_tokens
-            n = body.get("n")
-            out = mt * (min(n, 128) if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1)
-        worst = (prompt * PROMPT_MARGIN + PROMPT_MARGIN_TOKENS) * pin + out * pout
+            if isinstance(mt, int) and not isinstance(mt, bool) and mt >= 0:
+                asked = mt
+            nv = body.get("n")
+            n = min(nv, 128) if isinstance(nv, int) and not isinstance(nv, bool) and nv > 1 else 1
+        worst = 0.0
+        for pin, pout, cap in prices:
+            out = 0 if call.endpoint == "embeddings" else (asked if asked is not None else
+                                                            cap or self.default_max_tokens) * n
+            worst = max(worst, (prompt * PROMPT_MARGIN + PROMPT_MARGIN_TOKENS) * pin + out * pout)
         return math.ceil(round(worst * NANO, 3)), prompt
 
     def _refresh(self, h: str, entry: _Entry | None, r: AdmitResult, mono: float) -> _Entry:
@@ -287,8 +373,8 @@ class KeyService:
             models = frozenset(key.models)
         elif team is not None and team.models:
             models = frozenset(team.models)
-        caller = Caller(key_alias=_label_of_key(key), team=_label_of_team(team, key.team) if key.team else "",
-                        models=models)
+        caller = Caller(key_alias=key_label(key.alias, h), team=_label_of_team(team, key.team) if key.team else "",
+                        models=models, tenant=team_tenant(key.team) if key.team else key_tenant(h))
         new = _Entry(key, team, caller, key.limited or (team is not None and team.limited), mono)
         if len(self._cache) >= CACHE_MAX and h not in self._cache:
             for old in list(itertools.islice(self._cache, CACHE_MAX // 4)):
@@ -301,6 +387,8 @@ class KeyService:
         if exp is not None and exp <= now_ms():
             self.auth_failures.labels("expired").inc()
             raise errors.authentication_error(f"API key expired at {iso(exp)}")
+        if entry.key.blocked or (entry.team is not None and entry.team.blocked):
+            self._blocked(entry, "key" if entry.key.blocked else "team")
         if alias and not entry.caller.may_use(alias):
             which = "key" if entry.key.models and alias not in entry.key.models else "team"
             self._forbid(entry, alias, which)
@@ -312,10 +400,18 @@ class KeyService:
         raise errors.permission_denied(f"{who} may not use model '{alias}'. Allowed: {', '.join(allowed) or '(none)'}",
                                        "model")
 
+    def _blocked(self, entry: _Entry, which: str) -> None:
+        self.auth_failures.labels("blocked").inc()
+        what = "This key is blocked" if which == "key" else f"This key's team '{entry.caller.team}' is blocked"
+        raise GatewayError(401, f"{what}: an admin can unblock it with POST /{which}/unblock",
+                           "authentication_error", None, f"{which}_blocked")
+
     def _refuse(self, entry: _Entry, r: AdmitResult, alias: str) -> None:
         if r.status == 2:
             self.auth_failures.labels("expired").inc()
             raise errors.authentication_error(f"API key expired at {iso(entry.key.expires)}")
+        if r.status == 6:
+            self._blocked(entry, r.detail)
         if r.status == 3:
             self._forbid(entry, alias, r.detail)
         parts = r.detail.split(":")
@@ -393,7 +489,19 @@ class KeyService:
         if t.used or not (call.stream and call.response_started and call.deployment is not None):
             self._settle(t)
         else:  # the stream's token count is being estimated after the response: wait for it (bounded)
+            self.release(call)  # ... but not with the parallel slot
             t.timer = asyncio.get_running_loop().call_later(USAGE_WAIT_S, self._settle, t)
+
+    def release(self, call: Call) -> None:
+        """The request is over for its client (the response is out, or the client went away: called by the
+        proxy the moment it sees the disconnect): free the parallel slots now. The budget reservation stays
+        until the cost is settled. The release is on the Redis connection before this returns, so a request
+        the same client sends next is admitted after it."""
+        t: Ticket | None = call.ticket
+        if t is None or not t.holds_slot or t.done:
+            return
+        t.released = True
+        self.store.release(t.token, t.team, t.tid, t.flags)
 
     def _settle(self, t: Ticket) -> None:
         if t.done:
@@ -407,20 +515,13 @@ class KeyService:
         ledger = entry_fields(rid=t.rid, token=t.token, key=t.key_label, team=t.team, alias=t.alias, model=t.model,
                               dep=t.dep, pt=t.prompt, ct=t.completion, cost=t.cost, est=t.estimated, cache=t.cache,
                               status=t.status, stream=t.stream) if self.retention_ms else []
-        self._queue.append(Settlement(t.token, t.team, t.tid, t.admitted, t.flags, t.cost, t.est,
-                                      t.prompt + t.completion, 0, self.retention_ms, ledger))
-        self._schedule_flush()
+        self._send([Settlement(t.token, t.team, t.tid, t.admitted, t.flags, t.cost, t.est, t.prompt + t.completion, 0,
+                               self.retention_ms, ledger)])
 
-    def _schedule_flush(self) -> None:
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flushing = False
-        batch, self._queue = self._queue, []
-        if not batch:
-            return
+    def _send(self, batch: list[Settlement]) -> None:
+        """Put settlements on the connection now — so the next admission of the same key, sent after this,
+        sees its slot free — and read the replies off the hot path, batched per event-loop iteration (the
+        connection itself writes everything queued in one iteration at once)."""
         if isinstance(self.store, MemoryStore):
             for st in batch:
                 self.store.settle(st)
@@ -428,16 +529,28 @@ class KeyService:
         if not self.store.up:
             self._defer(batch)
             return
-        self.gw.spawn(self._write(batch))
+        try:
+            futs = self.store.send_settlements(batch)
+        except StoreUnavailable:
+            self._defer(batch)
+            return
+        self._sent.extend(zip(batch, futs, strict=True))
+        if not self._collecting:
+            self._collecting = True
+            asyncio.get_running_loop().call_soon(self._collect)
 
-    async def _write(self, batch: list[Settlement]) -> None:
+    def _collect(self) -> None:
+        self._collecting = False
+        sent, self._sent = self._sent, []
+        if sent:
+            self.gw.spawn(self._collect_sent(sent))
+
+    async def _collect_sent(self, sent: list[tuple[Settlement, asyncio.Future[Any]]]) -> None:
         assert isinstance(self.store, RedisStore)
         try:
-            failed = await self.store.settle_many(batch)
-        except StoreUnavailable:
-            failed = batch
+            failed = await self.store.collect_settlements(sent)
         except Exception:  # noqa: BLE001 - never let accounting break serving; say so loudly
-            log.exception("keys: writing %d settlements failed", len(batch))
+            log.exception("keys: writing %d settlements failed", len(sent))
             return
         if failed:
             self._defer(failed)

@@ -4,6 +4,7 @@ configured (same semantics, one process only, lost on restart)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ __all__ = ["AdmitResult", "MemoryStore", "RedisStore", "ReplyError", "Settlement
 
 @dataclass(slots=True)
 class AdmitResult:
-    status: int            # 0 unknown, 1 ok, 2 expired, 3 model not allowed, 4 rate limit, 5 budget
+    status: int            # 0 unknown, 1 ok, 2 expired, 3 model not allowed, 4 rate limit, 5 budget, 6 blocked
     detail: str = ""
     retry_ms: int = 0
     kv: str = ""
@@ -110,12 +111,48 @@ class RedisStore:
         return AdmitResult(r[0], _s(r[1]), int(r[2]), _s(r[3]), _s(r[4]), _fields(r[5]), _fields(r[6]), int(r[7]),
                            int(r[8]))
 
+    def release(self, token: str, team: str, tid: str, flags: int) -> None:
+        """Free a request's parallel slots. Queued on the connection before this returns, so any command
+        sent after it (the next admission of the same key) sees the slot free; nothing to wait for."""
+        args = (self.prefix, token, team, tid, flags)
+        try:
+            fut = self.link.send([b"EVALSHA", L.RELEASE.sha, b"0", *args])
+        except StoreUnavailable:
+            return  # the settlement (written when Redis is back) or the lease frees it
+
+        def done(f: Any) -> None:
+            r = f.result()
+            if isinstance(r, ReplyError) and str(r).startswith("NOSCRIPT"):
+                try:
+                    self.link.send([b"EVAL", L.RELEASE.source, b"0", *args])
+                except StoreUnavailable:
+                    pass
+
+        fut.add_done_callback(done)
+
+    async def index_teams(self) -> list[tuple[str, str, str]]:
+        """Claim the names of teams created before the name index existed; (name, team, owner) shared."""
+        r = await self.link.evalsha(L.INDEX_TEAMS, (self.prefix,))
+        flat = [_s(x) for x in r]
+        return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat) - 2, 3)]
+
     async def settle_many(self, batch: Sequence[Settlement]) -> list[Settlement]:
         """Write a batch in one pipeline; returns the settlements that could not be written (Redis down)."""
-        futs = self.link.evalsha_many(L.SETTLE, [s.args(self.prefix) for s in batch])
+        try:
+            futs = self.send_settlements(batch)
+        except StoreUnavailable:
+            return list(batch)
+        return await self.collect_settlements(list(zip(batch, futs, strict=True)))
+
+    def send_settlements(self, batch: Sequence[Settlement]) -> list[asyncio.Future[Any]]:
+        """Queue a batch on the connection (before this returns); `collect_settlements` reads the replies."""
+        return self.link.evalsha_many(L.SETTLE, [s.args(self.prefix) for s in batch])
+
+    async def collect_settlements(self, sent: Sequence[tuple[Settlement, asyncio.Future[Any]]]) -> list[Settlement]:
+        """The settlements that could not be written (Redis down); refused ones are logged; NOSCRIPT is retried."""
         failed: list[Settlement] = []
         noscript: list[Settlement] = []
-        for st, f in zip(batch, futs, strict=True):
+        for st, f in sent:
             r = await f
             if isinstance(r, StoreUnavailable):
                 failed.append(st)
@@ -193,9 +230,11 @@ class MemoryStore:
         self.recs: dict[tuple[str, str], dict[str, str]] = {}
         self.sets: dict[str, set[str]] = {}
         self.aliases: dict[str, str] = {}
+        self.team_names: dict[str, str] = {}
         self.ver = 0
         self.rpm: dict[str, deque[tuple[int, str]]] = {}
         self.tpm: dict[str, dict[int, int]] = {}
+        self.par: dict[str, dict[str, int]] = {}
         self.fly: dict[str, dict[str, int]] = {}
         self.res: dict[str, dict[str, int]] = {}
         self.log: deque[tuple[str, dict[str, str]]] = deque(maxlen=ledger_max)
@@ -247,6 +286,10 @@ class MemoryStore:
         exp = _num(k.get("expires"))
         if exp is not None and exp <= now:
             return out(2)
+        if k.get("blocked") == "1":
+            return out(6, "key")
+        if t is not None and t.get("blocked") == "1":
+            return out(6, "team")
         if alias:
             m = k.get("models", "")
             if m and f"\n{alias}\n" not in m:
@@ -284,7 +327,13 @@ class MemoryStore:
                             retry = (b + 60) * 1000 - now
                             break
                     return out(4, f"{label}:tpm:{tpm}", retry)
-            if par is not None or budget is not None:
+            if par is not None:
+                slots = self.par.setdefault(s, {})
+                for tid_old in [x for x, exp_ in slots.items() if exp_ <= now]:
+                    del slots[tid_old]
+                if len(slots) >= par:
+                    return out(4, f"{label}:par:{par}", 1000)
+            if budget is not None:
                 fly = self.fly.setdefault(s, {})
                 res = self.res.setdefault(s, {})
                 freed = 0
@@ -293,9 +342,6 @@ class MemoryStore:
                     freed += res.pop(tid_old, 0)
                 if freed:
                     self._incr(rec, "reserved", -freed)
-                if par is not None and len(fly) >= par:
-                    return out(4, f"{label}:par:{par}", 1000)
-            if budget is not None:
                 self._roll(rec, now)
                 spend, reserved = _num(rec.get("spend")) or 0, _num(rec.get("reserved")) or 0
                 if spend >= budget or spend + reserved + reserve > budget:
@@ -316,13 +362,27 @@ class MemoryStore:
                     b = self.tpm.setdefault(s, {})
                     b[now // 1000] = b.get(now // 1000, 0) + est
                 flags += bit * 2
-            if par is not None or budget is not None:
+            if par is not None:
+                self.par.setdefault(s, {})[tid] = now + lease
+            if budget is not None:
                 self.fly.setdefault(s, {})[tid] = now + lease
-                if budget is not None and reserve > 0:
+                if reserve > 0:
                     self.res.setdefault(s, {})[tid] = reserve
                     self._incr(rec, "reserved", reserve)
+            if par is not None or budget is not None:
                 flags += bit
+            if par is not None:
+                flags += bit * 16
         return out(1, "", 0, flags)
+
+    def release(self, token: str, team: str, tid: str, flags: int) -> None:
+        if token and flags & 16:
+            self.par.get(f"k:{token}", {}).pop(tid, None)
+        if team and flags & 64:
+            self.par.get(f"t:{team}", {}).pop(tid, None)
+
+    async def index_teams(self) -> list[tuple[str, str, str]]:
+        return []
 
     async def settle_many(self, batch: Sequence[Settlement]) -> list[Settlement]:
         for st in batch:
@@ -337,10 +397,14 @@ class MemoryStore:
                 if a is not None and rec is not None:
                     self._incr(rec, "reserved", -a)
                 self.fly.get(s, {}).pop(st.tid, None)
-            if tpm and st.tokens != st.est and s in self.tpm:
-                b = self.tpm[s]
-                sec = st.admitted // 1000
-                b[sec] = b.get(sec, 0) + st.tokens - st.est
+                self.par.get(s, {}).pop(st.tid, None)
+            if tpm and st.tokens != st.est:  # as the SETTLE script: see limits.py
+                b = self.tpm.setdefault(s, {})
+                sec, asec = now // 1000, st.admitted // 1000
+                if st.tokens > st.est:
+                    b[sec] = b.get(sec, 0) + st.tokens - st.est
+                elif asec >= sec - 59 and asec in b:
+                    b[asec] += st.tokens - st.est
             if rec is not None and st.cost > 0:
                 self._roll(rec, now)
                 self._incr(rec, "spend", st.cost)
@@ -369,6 +433,14 @@ class MemoryStore:
             if alias in self.aliases:
                 return -2
             self.aliases[alias] = id_
+        if kind == "team":
+            if self.team_names.get(id_, id_) != id_:
+                return -3
+            if alias and self.team_names.get(alias, id_) != id_:
+                return -2
+            self.team_names[id_] = id_
+            if alias:
+                self.team_names[alias] = id_
         self.ver += 1
         self.recs[(kind, id_)] = {**fields, "v": str(self.ver)}
         self.sets.setdefault(f"{kind}s", set()).add(id_)
@@ -381,9 +453,13 @@ class MemoryStore:
         rec = self.recs.get((kind, id_))
         if rec is None:
             return 0
+        names = self.aliases if kind == "key" else self.team_names
+        old_alias = rec.get("alias", "")
+        if team and ("team", team) not in self.recs:
+            return -1
+        if alias and alias != old_alias and names.get(alias, id_) != id_:
+            return -2
         if team is not None:
-            if team and ("team", team) not in self.recs:
-                return -1
             old = rec.get("team", "")
             if old:
                 self.sets.get(f"team:{old}:keys", set()).discard(id_)
@@ -391,15 +467,11 @@ class MemoryStore:
                 self.sets.setdefault(f"team:{team}:keys", set()).add(id_)
             rec["team"] = team
         if alias is not None:
-            if kind == "key":
-                old = rec.get("alias", "")
-                if alias != old:
-                    if alias and alias in self.aliases:
-                        return -2
-                    if alias:
-                        self.aliases[alias] = id_
-                    if old:
-                        self.aliases.pop(old, None)
+            if alias != old_alias:
+                if alias:
+                    names[alias] = id_
+                if old_alias and not (kind == "team" and old_alias == id_) and names.get(old_alias) == id_:
+                    del names[old_alias]
             rec["alias"] = alias
         for f in drop:
             rec.pop(f, None)
@@ -417,7 +489,7 @@ class MemoryStore:
         if rec.get("alias") and self.aliases.get(rec["alias"]) == h:
             del self.aliases[rec["alias"]]
         self.sets.get("keys", set()).discard(h)
-        for d in (self.rpm, self.tpm, self.fly, self.res):
+        for d in (self.rpm, self.tpm, self.par, self.fly, self.res):
             d.pop(f"k:{h}", None)  # type: ignore[attr-defined]
         return True
 
@@ -428,10 +500,13 @@ class MemoryStore:
         if ("team", team_id) not in self.recs:
             return False, []
         gone = [h for h in sorted(self.sets.get(f"team:{team_id}:keys", set())) if self._delete_key(h)]
-        del self.recs[("team", team_id)]
+        rec = self.recs.pop(("team", team_id))
+        for name in (team_id, rec.get("alias", "")):
+            if name and self.team_names.get(name) == team_id:
+                del self.team_names[name]
         self.sets.pop(f"team:{team_id}:keys", None)
         self.sets.get("teams", set()).discard(team_id)
-        for d in (self.rpm, self.tpm, self.fly, self.res):
+        for d in (self.rpm, self.tpm, self.par, self.fly, self.res):
             d.pop(f"t:{team_id}", None)  # type: ignore[attr-defined]
         return True, gone
 
