@@ -27,8 +27,9 @@ from gateway.errors import GatewayError
 from gateway.metrics import UNKNOWN_ALIAS
 from gateway.protocol import error_for_status, parse_json_body, validate
 from gateway.router import NoDeployment
+from gateway.sse import Decoder
 from gateway.strategies import RouteRequest
-from gateway.streaming import DONE, StreamTally, error_event, split_complete
+from gateway.streaming import DONE, EventStream, StreamTally, error_event
 from gateway.tokens import estimate_prompt_tokens
 from gateway.upstream import UpstreamError, UpstreamStream, upstream_message
 
@@ -421,19 +422,18 @@ class Proxy:
         await send({"type": "http.response.start", "status": 200,
                     "headers": self.response_headers(call, dep, SSE_HEADERS)})
 
-    async def pump(self, call: Call, send: Send, upstream: UpstreamStream, tally: StreamTally) -> None:
+    async def pump(self, call: Call, send: Send, upstream: EventStream, tally: StreamTally) -> None:
         """Forward complete SSE events as they arrive."""
-        buf = upstream.first
-        piece = buf
+        decoder = Decoder()
+        piece = upstream.first
         while True:
-            if piece:
-                complete, buf = split_complete(buf)
-                if complete:
-                    out = tally.process(complete)
-                    if out:
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
-                        if call.first_byte_at is None:
-                            call.first_byte_at = time.perf_counter()
+            complete = decoder.feed(piece)
+            if complete:
+                out = tally.process(complete)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                    if call.first_byte_at is None:
+                        call.first_byte_at = time.perf_counter()
             try:
                 piece = await upstream.read()
             except UpstreamError as exc:
@@ -446,8 +446,8 @@ class Proxy:
                 return
             if not piece:
                 break
-            buf += piece
-        tail = tally.process(buf) if buf.strip() else b""
+        tail = decoder.flush()
+        tail = tally.process(tail) if tail else b""
         if not tally.done:
             tail += DONE
         await send({"type": "http.response.body", "body": tail, "more_body": False})

@@ -1,104 +1,119 @@
-"""Server-sent events between an upstream and the client.
+"""OpenAI streams between an upstream and the client, on top of the SSE codec (`gateway.sse`).
 
-The gateway forwards whole events as soon as they are complete; it does not re-chunk or buffer
-beyond the event in progress. It looks inside an event only when the event mentions `usage`, to
-count tokens and to drop the usage-only chunk the client did not ask for. The raw events are kept
+The gateway forwards whole events as soon as they are complete; it does not re-chunk or buffer beyond
+the event in progress. It decides per event: an event whose data is exactly `[DONE]` ends the stream
+(`[DONE]` inside generated text does not); an event's data is parsed only when it mentions `usage`,
+to count tokens and to drop the usage-only chunk the client did not ask for. The raw events are kept
 (by reference) so that token estimates and the cache can read them after the stream, off the hot path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
+from gateway import sse
 from gateway.tokens import estimate_text_tokens
 
-DONE = b"data: [DONE]\n\n"
+DONE = sse.DONE
+_JSON_EVENT = b"data: {"  # how nearly every event of an OpenAI stream starts
 
 
 def error_event(message: str, type_: str, code: str | None = None) -> bytes:
-    payload = orjson.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}})
-    return b"data: " + payload + b"\n\n" + DONE
+    """The events that end a stream that failed after its first byte: the error, then `[DONE]`."""
+    return sse.encode_json({"error": {"message": message, "type": type_, "param": None, "code": code}}) + DONE
 
 
-def split_complete(buf: bytes) -> tuple[bytes, bytes]:
-    """Split a buffer into (complete events, incomplete tail)."""
-    end = buf.rfind(b"\n\n")
-    cr = buf.rfind(b"\r\n\r\n")
-    if cr >= 0 and cr + 4 > end + 2:
-        return buf[: cr + 4], buf[cr + 4:]
-    if end < 0:
-        return b"", buf
-    return buf[: end + 2], buf[end + 2:]
+class EventStream(Protocol):
+    """An open upstream stream (native or litellm): `first` is the first piece of body, `read()` the next
+    pieces as they arrive (b"" at the end; UpstreamError when it breaks)."""
+
+    first: bytes
+    first_byte_elapsed: float
+
+    async def read(self) -> bytes: ...
+
+    def close(self) -> None:
+        """Abort: the upstream stops generating."""
+
+    def release(self) -> None:
+        """The stream ended normally; its connection may be reused."""
 
 
-def iter_events(block: bytes) -> Iterable[bytes]:
-    for ev in block.replace(b"\r\n", b"\n").split(b"\n\n"):
-        if ev.strip():
-            yield ev
-
-
-def event_data(event: bytes) -> bytes | None:
-    """The data field of one SSE event (joined lines), or None for comments/other fields."""
-    lines = [ln[5:].lstrip(b" ") for ln in event.split(b"\n") if ln.startswith(b"data:")]
-    return b"\n".join(lines) if lines else None
-
-
-@dataclass
 class StreamTally:
     """What the gateway learned from a stream while forwarding it."""
 
-    strip_usage: bool
-    usage: dict[str, Any] | None = None
-    blocks: list[bytes] = field(default_factory=list)
-    events: int = 0
-    done: bool = False
+    __slots__ = ("strip_usage", "usage", "blocks", "events", "done")
+
+    def __init__(self, strip_usage: bool) -> None:
+        self.strip_usage = strip_usage
+        self.usage: dict[str, Any] | None = None
+        self.blocks: list[bytes] = []  # the complete events as they came (before any usage was dropped)
+        self.events = 0  # events with data, other than [DONE]
+        self.done = False  # an event's data was exactly [DONE]
 
     def process(self, block: bytes) -> bytes:
-        """Inspect one block of complete events; returns what to forward to the client."""
+        """Inspect a block of complete events (as `sse.Decoder` frames them); returns what to forward."""
         self.blocks.append(block)
-        self.events += block.count(b"data:")
-        if b"[DONE]" in block:
-            self.done = True
+        # the common case, with memchr-fast scans: one event, one `data: {…}` line, LF line ends
+        if block.startswith(_JSON_EVENT) and block.find(b"\n") == len(block) - 2 and b"\r" not in block:
+            self.events += 1
+        else:
+            self._count(block)
         if b'"usage"' not in block:
             return block
         kept: list[bytes] = []
         changed = False
-        for ev in iter_events(block):
-            if b'"usage"' not in ev:
-                kept.append(ev)
-                continue
-            data = event_data(ev)
-            if data is None or data == b"[DONE]":
-                kept.append(ev)
-                continue
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                kept.append(ev)
-                continue
-            usage = chunk.get("usage") if isinstance(chunk, dict) else None
-            if isinstance(usage, dict):
-                self.usage = usage
-                if self.strip_usage and not chunk.get("choices"):
-                    changed = True
+        for raw in sse.split_events(block):
+            if b'"usage"' in raw:
+                ev = sse.parse_event(raw)
+                if ev is not None and self._usage(ev.data):
+                    changed = True  # the usage-only chunk the client did not ask for
                     continue
-            kept.append(ev)
+            kept.append(raw)
         if not changed:
             return block
-        return b"".join(ev + b"\n\n" for ev in kept)
+        return b"".join(raw + b"\n\n" for raw in kept)
+
+    def _count(self, block: bytes) -> None:
+        for raw in sse.split_events(block):
+            if raw.startswith(_JSON_EVENT):
+                self.events += 1  # data that starts with "{" is never [DONE]
+                continue
+            ev = sse.parse_event(raw)
+            if ev is None:
+                continue
+            if ev.data == sse.DONE_DATA:
+                self.done = True
+            else:
+                self.events += 1
+
+    def _usage(self, data: bytes) -> bool:
+        """Note the usage of a chunk; True when the chunk is to be dropped."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return False
+        usage = chunk.get("usage") if isinstance(chunk, dict) else None
+        if not isinstance(usage, dict):
+            return False
+        self.usage = usage
+        return self.strip_usage and not chunk.get("choices")
 
     def chunks(self) -> list[dict[str, Any]]:
         """The parsed JSON chunks of the stream (for estimates and the cache)."""
         out: list[dict[str, Any]] = []
         for block in self.blocks:
-            for ev in iter_events(block):
-                data = event_data(ev)
-                if not data or data == b"[DONE]":
-                    continue
+            for raw in sse.split_events(block):
+                if raw.startswith(_JSON_EVENT) and b"\n" not in raw:
+                    data = raw[6:]
+                else:
+                    ev = sse.parse_event(raw)
+                    if ev is None or ev.data == sse.DONE_DATA:
+                        continue
+                    data = ev.data
                 try:
                     chunk = orjson.loads(data)
                 except orjson.JSONDecodeError:

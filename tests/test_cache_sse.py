@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 from gateway.cache import assemble_stream, sse_replay
+from gateway.sse import Decoder, decode
+from gateway.streaming import StreamTally
 
 
 def _parse(events: list[bytes]) -> list[dict]:
@@ -70,3 +72,25 @@ def test_text_completion_roundtrip() -> None:
     chunks = _parse(sse_replay(json.dumps(body).encode()))
     back = json.loads(assemble_stream(chunks))
     assert back["object"] == "text_completion" and back["choices"][0]["text"] == "four"
+
+
+def test_replay_of_content_that_looks_like_sse() -> None:
+    text = "a [DONE] b\n\ndata: [DONE]\n\n c\r\n\r\n"
+    body = {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}}
+    events = sse_replay(json.dumps(body).encode(), include_usage=True)
+    stream = b"".join(events)
+    decoded = decode(stream)
+    assert [e.data for e in decoded].count(b"[DONE]") == 1 and decoded[-1].data == b"[DONE]"
+    assert len(decoded) == len(events)  # one event per replayed chunk
+    # what the gateway's tally makes of the replay is what was cached
+    tally = StreamTally(strip_usage=False)
+    dec = Decoder()
+    for i in range(0, len(stream), 7):
+        block = dec.feed(stream[i:i + 7])
+        if block:
+            tally.process(block)
+    assert tally.done and tally.events == len(events) - 1 and tally.usage == body["usage"]
+    back = json.loads(assemble_stream(tally.chunks()))
+    assert back["choices"][0]["message"]["content"] == text and back["usage"] == body["usage"]

@@ -1,4 +1,4 @@
-"""Streaming <-> non-streaming conversions for cached answers."""
+"""Streaming <-> non-streaming conversions for cached answers (SSE written with `gateway.sse`)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from typing import Any
 
 import orjson
 
-
-def _event(obj: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
+from gateway.sse import DONE
+from gateway.sse import encode_json as _event
 
 
 def sse_replay(body: bytes, include_usage: bool = False) -> list[bytes]:
@@ -56,7 +55,7 @@ def sse_replay(body: bytes, include_usage: bool = False) -> list[bytes]:
     if include_usage and resp.get("usage") is not None:
         obj = "text_completion" if resp.get("object") == "text_completion" else "chat.completion.chunk"
         events.append(_event({**base, "object": obj, "choices": [], "usage": resp["usage"]}))
-    events.append(b"data: [DONE]\n\n")
+    events.append(DONE)
     return events
 
 
@@ -78,7 +77,8 @@ def _merge_tool_calls(acc: list[dict[str, Any]], deltas: list[dict[str, Any]]) -
 
 
 def assemble_stream(chunks: list[dict[str, Any]]) -> bytes:
-    """The parsed chunks of a complete upstream stream as one non-stream response JSON."""
+    """The parsed chunks of a complete upstream stream (`StreamTally.chunks()`, decoded with
+    `gateway.sse`) as one non-stream response JSON."""
     if not chunks:
         raise ValueError("no chunks")
     first = chunks[0]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Fault names; "none" (or null) means no fault.
-FAULTS: tuple[str, ...] = ("500", "502", "503", "429", "hang", "drop", "reset", "context")
+FAULTS: tuple[str, ...] = ("500", "502", "503", "429", "hang", "drop", "reset", "context", "truncate")
 DROP_FAULTS: frozenset[str] = frozenset({"drop", "reset"})
 ERROR_STYLES: tuple[str, ...] = ("flat", "nested")
 
@@ -32,6 +32,7 @@ class SimConfig:
     retry_after: float = 1.0  # Retry-After header (seconds) of the 429 fault
     default_tokens: int = 16  # completion tokens when the request has no max_tokens
     max_model_len: int = 8192  # context window: prompt + completion tokens
+    reply: tuple[str, ...] | None = None  # the completion's tokens, verbatim (instead of generated words)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,6 +126,12 @@ def parse_overrides(data: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = value
         elif key in ("default_tokens", "max_model_len"):
             out[key] = _integer(key, value, minimum=1)
+        elif key == "reply":
+            if value is not None and not (
+                isinstance(value, list) and value and all(isinstance(t, str) for t in value)
+            ):
+                raise ValueError(f"reply must be a non-empty list of token strings or null; got {value!r}")
+            out[key] = None if value is None else tuple(value)
         else:
             names = ", ".join(f.name for f in dataclasses.fields(SimConfig))
             raise ValueError(f"unknown sim config key {key!r}; known: {names}")

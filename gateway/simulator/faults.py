@@ -8,6 +8,7 @@ from types import MappingProxyType
 
 import orjson
 
+from gateway import sse
 from gateway.simulator.config import SimConfig
 
 ERROR_TYPES: Mapping[int, str] = MappingProxyType(
@@ -54,7 +55,7 @@ def error_body(status: int, message: str, style: str) -> bytes:
 def stream_error_event(status: int, message: str) -> bytes:
     """What vLLM writes when generation fails after the stream started (then `data: [DONE]`)."""
     flat = error_dict(status, message, "flat")
-    return b"data: " + orjson.dumps({"error": flat}) + b"\n\n"
+    return sse.encode_json({"error": flat})
 
 
 def context_message(max_model_len: int, prompt_tokens: int, max_tokens: int | None) -> str:

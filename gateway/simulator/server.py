@@ -20,12 +20,13 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway import sse
 from gateway.simulator import faults, tokens
 from gateway.simulator.config import DROP_FAULTS, SimConfig, SimOptions
 from gateway.simulator.faults import SimError
 from gateway.simulator.metrics import ModelLoad, SimMetrics
 
-DONE = b"data: [DONE]\n\n"
+DONE = sse.DONE
 SSE_HEADERS: Mapping[str, str] = MappingProxyType(
     {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 )
@@ -218,7 +219,7 @@ class Simulator:
         after: int | None = None
         if fault is not None:
             after = job.cfg.fault_after_tokens
-            if after is None and fault in DROP_FAULTS:
+            if after is None and (fault in DROP_FAULTS or fault == "truncate"):
                 after = 0
         self.in_flight += 1
         models = self.stats.models
@@ -253,6 +254,8 @@ class Simulator:
     async def _fault(self, request: web.Request, job: Job, fault: str) -> web.Response:
         """A fault before any response byte."""
         self._count_fault(fault)
+        if fault == "truncate":  # a complete 200 response whose JSON body is cut short
+            return web.Response(body=b'{"id": "' + job.id.encode(), content_type=JSON)
         if fault == "hang":
             await self._hang()
         if fault in DROP_FAULTS:
@@ -289,6 +292,8 @@ class Simulator:
         self, request: web.Request, resp: web.StreamResponse, job: Job, fault: str
     ) -> None:
         self._count_fault(fault)
+        if fault == "truncate":  # the response ends cleanly: no finish_reason, no usage, no [DONE]
+            return
         if fault == "hang":
             await self._hang()
         if fault in DROP_FAULTS:
@@ -315,7 +320,7 @@ class Simulator:
             job.load.ttft.observe(time.monotonic() - job.arrived)
             if cfg.tps > 0 and job.n > 1:
                 await asyncio.sleep((job.n - 1) / cfg.tps)
-            text = "".join(tokens.generate(job.prompt, job.n))
+            text = "".join(self._tokens(job))
             usage: dict[str, Any] = {**self._usage(job), "prompt_tokens_details": None}
             choice: dict[str, Any]
             if job.kind == "chat":
@@ -362,6 +367,11 @@ class Simulator:
             self._finished(job)
         return _json(body)
 
+    @staticmethod
+    def _tokens(job: Job) -> list[str]:
+        reply = job.cfg.reply
+        return list(reply[: job.n]) if reply is not None else tokens.generate(job.prompt, job.n)
+
     def _chunk(self, job: Job, token: str | None, finish: str | None) -> bytes:
         choice: dict[str, Any]
         if job.kind == "chat":
@@ -380,7 +390,7 @@ class Simulator:
             }
             obj = "text_completion"
         data = {"id": job.id, "object": obj, "created": job.created, "model": job.model, "choices": [choice]}
-        return b"data: " + orjson.dumps(data) + b"\n\n"
+        return sse.encode_json(data)
 
     def _usage_chunk(self, job: Job) -> bytes:
         obj = "chat.completion.chunk" if job.kind == "chat" else "text_completion"
@@ -392,7 +402,7 @@ class Simulator:
             "choices": [],
             "usage": self._usage(job),
         }
-        return b"data: " + orjson.dumps(data) + b"\n\n"
+        return sse.encode_json(data)
 
     async def _stream(
         self, request: web.Request, job: Job, fault: str | None, after: int | None
@@ -417,7 +427,7 @@ class Simulator:
         job.load.ttft.observe(time.monotonic() - job.arrived)
         pending: list[bytes] = [self._chunk(job, None, None)] if job.kind == "chat" else []
         last = job.n - 1
-        for i, token in enumerate(tokens.generate(job.prompt, job.n)):
+        for i, token in enumerate(self._tokens(job)):
             if i == fault_at and fault is not None:
                 await _flush(resp, pending)
                 return await self._mid_stream_fault(request, resp, job, fault)
@@ -464,6 +474,8 @@ class Simulator:
                 max_tokens = body.get("max_tokens")
             cfg = self._config(body)
             n, finish = self._budget(cfg, prompt.tokens, max_tokens)
+            if cfg.reply is not None and (max_tokens is None or len(cfg.reply) <= n):
+                n, finish = len(cfg.reply), "stop"
         except SimError as exc:
             return self._error(exc)
         except ValueError as exc:
