@@ -31,7 +31,7 @@ from gateway.sse import Decoder
 from gateway.strategies import RouteRequest
 from gateway.streaming import DONE, EventStream, StreamTally, error_event
 from gateway.tokens import estimate_prompt_tokens
-from gateway.upstream import UpstreamError, UpstreamStream, upstream_message
+from gateway.upstream import UpstreamError, upstream_message
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -367,9 +367,7 @@ class Proxy:
         gauge.inc()
         call.deployment = dep
         try:
-            if not dep.native:
-                await gw.litellm.serve(call, send, dep, self)
-            elif call.stream:
+            if call.stream:
                 await self._stream(call, send, dep)
             else:
                 await self._plain(call, send, dep)
@@ -388,8 +386,11 @@ class Proxy:
         return hs
 
     async def _plain(self, call: Call, send: Send, dep: Deployment) -> None:
-        reply = await self.gw.upstream.request(dep, call.endpoint, self._upstream_body(call, dep),
-                                                 call.upstream_request_id)
+        if dep.native:
+            reply = await self.gw.upstream.request(dep, call.endpoint, self._upstream_body(call, dep),
+                                                   call.upstream_request_id)
+        else:
+            reply = await self.gw.litellm.request(dep, call.endpoint, call.body)
         call.upstream_wait += reply.elapsed
         await self.send_json(send, call, dep, reply.body)
         self.gw.after_plain(call, dep, reply.body)
@@ -402,9 +403,13 @@ class Proxy:
         call.first_byte_at = time.perf_counter()
 
     async def _stream(self, call: Call, send: Send, dep: Deployment) -> None:
-        upstream: UpstreamStream = await self.gw.upstream.stream(
-            dep, call.endpoint, self._upstream_body(call, dep), call.upstream_request_id,
-            dep.stream_timeout or self.gw.config.router.stream_timeout)
+        first_byte_timeout = dep.stream_timeout or self.gw.config.router.stream_timeout
+        upstream: EventStream
+        if dep.native:
+            upstream = await self.gw.upstream.stream(dep, call.endpoint, self._upstream_body(call, dep),
+                                                     call.upstream_request_id, first_byte_timeout)
+        else:
+            upstream = await self.gw.litellm.stream(dep, call.endpoint, call.body, first_byte_timeout)
         call.upstream_wait += upstream.first_byte_elapsed
         tally = StreamTally(strip_usage=not call.wants_usage)
         try:
