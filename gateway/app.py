@@ -25,7 +25,6 @@ from gateway.config import ConfigError, Deployment, GatewayConfig, load_file, lo
 from gateway.engine import EngineMonitor, EngineTarget, metrics_url
 from gateway.health import HealthChecker
 from gateway.keys import KeyService
-from gateway.litellm_upstream import LiteLLMUpstream
 from gateway.metrics import LiveState, Metrics
 from gateway.proxy import Call, Proxy, Receive, Scope, Send
 from gateway.reload import ConfigWatcher
@@ -33,7 +32,7 @@ from gateway.router import RouterState
 from gateway.settings import Settings
 from gateway.streaming import StreamTally
 from gateway.tokens import TokenCounter
-from gateway.upstream import OpenAICompatible
+from gateway.upstreams import Upstreams
 from gateway.usage import Usage, estimate_plain, estimate_stream, parse_plain, usage_tail
 
 log = logging.getLogger("gateway")
@@ -47,13 +46,12 @@ class Gateway:
         self.config_path = config_path
         self.metrics = Metrics()
         self.router = RouterState()
-        self.upstream = OpenAICompatible(settings.upstream_connections)
-        self.tokens = TokenCounter(self.upstream.post_json)
-        self.litellm = LiteLLMUpstream()
+        self.upstreams = Upstreams(settings.upstream_connections)
+        self.tokens = TokenCounter(self.upstreams.native.post_json)
         self.cache: Any = self._build_cache(config)
         self.keys = KeyService(self)  # virtual keys, limits, spend ledger (gateway/keys)
         self.proxy = Proxy(self)
-        self.engines = EngineMonitor(self.upstream.get_text, self._engine_targets,
+        self.engines = EngineMonitor(self.upstreams.native.get_text, self._engine_targets,
                                      lambda dep_id: self.router.states[dep_id].in_flight
                                      if dep_id in self.router.states else 0,
                                      interval=config.router.engine_aware.poll_interval)
@@ -69,7 +67,7 @@ class Gateway:
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        await self.upstream.start()
+        await self.upstreams.start()
         await self.keys.start()
         if self.cache is not None:
             probe = getattr(self.cache.embedder, "probe", None) if self.cache.semantic else None
@@ -86,7 +84,7 @@ class Gateway:
                         "and admin endpoints are disabled")
         if not (self.settings.redis_url or self.settings.state_redis_url or self.config.cache.redis_url):
             log.info("no Redis configured: running on in-process defaults (memory cache, local limits)")
-        health = HealthChecker(self.upstream, lambda: self.config, self.settings.health_check_interval,
+        health = HealthChecker(self.upstreams.native, lambda: self.config, self.settings.health_check_interval,
                                self.settings.health_check_timeout, self._on_health)
         self._loops.append(asyncio.create_task(health.run(), name="health-checks"))
         self._loops.append(asyncio.create_task(self.engines.run(), name="engine-metrics"))
@@ -108,7 +106,7 @@ class Gateway:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         await self.keys.close()
-        await self.upstream.close()
+        await self.upstreams.close()
         if self.cache is not None:
             await self.cache.close()
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.upstream import UpstreamError
+from gateway.upstreams import UpstreamError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +40,7 @@ class AliasEmbedder:
             raise RuntimeError(f"embeddings alias '{self.alias}' is not in the config")
         dep = self.gw.router.pick(self.alias, deployments, config.router.routing_strategy).deployment
         body = orjson.dumps({"model": dep.served_model, "input": list(texts)})
-        reply = await self.gw.upstream.request(dep, "embeddings", body, os.urandom(16).hex())
+        reply = await self.gw.upstreams.native.request(dep, "/embeddings", body, os.urandom(16).hex())
         data: Any = orjson.loads(reply.body).get("data")
         if not isinstance(data, list) or len(data) != len(texts):
             raise UpstreamError("status", "embeddings answer without one vector per input", 502, reply.body[:200])

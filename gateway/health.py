@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 
 from gateway.config import Deployment, GatewayConfig
-from gateway.upstream import OpenAICompatible, UpstreamError
+from gateway.upstreams import OpenAICompatible, UpstreamError
 
 log = logging.getLogger("gateway.health")
 

@@ -29,9 +29,17 @@ from gateway.protocol import error_for_status, parse_json_body, validate
 from gateway.router import NoDeployment
 from gateway.sse import Decoder
 from gateway.strategies import RouteRequest
-from gateway.streaming import DONE, EventStream, StreamTally, error_event
+from gateway.streaming import DONE, StreamTally, error_event
 from gateway.tokens import estimate_prompt_tokens
-from gateway.upstream import UpstreamError, upstream_message
+from gateway.upstreams import (
+    Attempt,
+    AttemptsFailed,
+    EventStream,
+    UpstreamError,
+    UpstreamReply,
+    UpstreamRequest,
+    upstream_message,
+)
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -54,6 +62,7 @@ _CACHE_HEADERS = {status: (b"x-gateway-cache", status.upper().replace("_", "-").
                   for status in ("hit", "semantic_hit", "miss", "bypass")}
 
 
+UPSTREAM_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 
 
@@ -296,14 +305,13 @@ class Proxy:
         router = self.gw.router
         settings = config.router
         tried: set[str] = set()
-        last: UpstreamError | None = None
-        last_dep: Deployment | None = None
-        for attempt in range(settings.num_retries + 1):
+        attempts: list[Attempt] = []
+        for _ in range(settings.num_retries + 1):
             try:
                 decision = router.pick(alias, deployments, settings.routing_strategy, tried,
                                        RouteRequest(alias, call.body, call.headers))
             except NoDeployment as nd:
-                if last is None:
+                if not attempts:
                     if nd.reason == "rate_limited":
                         raise _AliasExhausted(errors.rate_limited(
                             f"Every deployment of '{alias}' is at its rpm/tpm/parallel limit", nd.retry_after),
@@ -314,8 +322,9 @@ class Proxy:
             dep = decision.deployment
             self.gw.metrics.child(self.gw.metrics.routing_decisions, alias, settings.routing_strategy,
                                   decision.reason).inc()
-            if attempt > 0 and last is not None and last_dep is not None:
-                self.gw.metrics.retries.labels(alias, last_dep.id, last.reason).inc()
+            if attempts:
+                prev = attempts[-1]
+                self.gw.metrics.retries.labels(alias, prev.deployment, prev.error.reason).inc()
             tried.add(dep.id)
             try:
                 await self._send_to(call, send, dep)
@@ -327,25 +336,29 @@ class Proxy:
                         "context_length_exceeded")) from None
                 if not exc.retryable:
                     raise error_for_status(exc.status or 400, upstream_message(exc.body)) from None
-                if router.record_failure(dep, settings, len(config.aliases[alias])):
+                attempts.append(Attempt(dep.id, exc))
+                if exc.policy.cooldown and router.record_failure(dep, settings, len(config.aliases[alias])):
                     self.gw.metrics.cooldowns.labels(alias, dep.id).inc()
                     log.warning("deployment %s of %s cooled down for %gs after repeated failures (last: %s)",
                                 dep.id, alias, settings.cooldown_time, exc.reason)
-                last, last_dep = exc, dep
-        assert last is not None
-        raise _AliasExhausted(self._final_error(alias, last, len(tried)), last.reason)
+        failed = AttemptsFailed(alias, attempts)
+        log.log(failed.last.policy.log_level, "request %s: every attempt at %s failed: %s", call.request_id, alias,
+                failed.summary())
+        raise _AliasExhausted(self._final_error(failed), failed.last.reason)
 
     @staticmethod
-    def _final_error(alias: str, last: UpstreamError, attempts: int) -> GatewayError:
-        if last.kind == "timeout":
+    def _final_error(failed: AttemptsFailed) -> GatewayError:
+        """What the client sees: the status the last failure's policy names, a message naming the alias."""
+        alias, last, n = failed.alias, failed.last, len(failed.attempts)
+        status = last.policy.status
+        if status == 504:
             return errors.timed_out(f"The upstream for '{alias}' timed out ({last}).")
-        if last.status == 429:
+        if status == 429:
             return errors.rate_limited(f"Every deployment of '{alias}' is rate limited upstream (HTTP 429).",
                                        last.retry_after or 1.0)
-        what = f"HTTP {last.status}" if last.kind == "status" else str(last)
         return errors.upstream_failed(
-            f"The upstream for '{alias}' failed after {attempts} attempt{'s' if attempts != 1 else ''} "
-            f"(last error: {what}).")
+            f"The upstream for '{alias}' failed after {n} attempt{'s' if n != 1 else ''} "
+            f"(last error: {last.describe()}).")
 
     # -- one upstream attempt ------------------------------------------------------------------------
 
@@ -385,12 +398,16 @@ class Proxy:
             hs.append(value)
         return hs
 
+    def _upstream_request(self, call: Call, dep: Deployment) -> UpstreamRequest:
+        return UpstreamRequest(
+            endpoint=call.endpoint, path=UPSTREAM_PATHS[call.endpoint], body=call.body,
+            payload=self._upstream_body(call, dep) if dep.native else b"", stream=call.stream,
+            request_id=call.upstream_request_id,
+            first_byte_timeout=dep.stream_timeout or self.gw.config.router.stream_timeout)
+
     async def _plain(self, call: Call, send: Send, dep: Deployment) -> None:
-        if dep.native:
-            reply = await self.gw.upstream.request(dep, call.endpoint, self._upstream_body(call, dep),
-                                                   call.upstream_request_id)
-        else:
-            reply = await self.gw.litellm.request(dep, call.endpoint, call.body)
+        reply = await self.gw.upstreams.for_deployment(dep).send(dep, self._upstream_request(call, dep))
+        assert isinstance(reply, UpstreamReply)
         call.upstream_wait += reply.elapsed
         await self.send_json(send, call, dep, reply.body)
         self.gw.after_plain(call, dep, reply.body)
@@ -403,13 +420,8 @@ class Proxy:
         call.first_byte_at = time.perf_counter()
 
     async def _stream(self, call: Call, send: Send, dep: Deployment) -> None:
-        first_byte_timeout = dep.stream_timeout or self.gw.config.router.stream_timeout
-        upstream: EventStream
-        if dep.native:
-            upstream = await self.gw.upstream.stream(dep, call.endpoint, self._upstream_body(call, dep),
-                                                     call.upstream_request_id, first_byte_timeout)
-        else:
-            upstream = await self.gw.litellm.stream(dep, call.endpoint, call.body, first_byte_timeout)
+        upstream = await self.gw.upstreams.for_deployment(dep).send(dep, self._upstream_request(call, dep))
+        assert not isinstance(upstream, UpstreamReply)
         call.upstream_wait += upstream.first_byte_elapsed
         tally = StreamTally(strip_usage=not call.wants_usage)
         try:

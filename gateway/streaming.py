@@ -10,7 +10,7 @@ to count tokens and to drop the usage-only chunk the client did not ask for. The
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -24,22 +24,6 @@ _JSON_EVENT = b"data: {"  # how nearly every event of an OpenAI stream starts
 def error_event(message: str, type_: str, code: str | None = None) -> bytes:
     """The events that end a stream that failed after its first byte: the error, then `[DONE]`."""
     return sse.encode_json({"error": {"message": message, "type": type_, "param": None, "code": code}}) + DONE
-
-
-class EventStream(Protocol):
-    """An open upstream stream (native or litellm): `first` is the first piece of body, `read()` the next
-    pieces as they arrive (b"" at the end; UpstreamError when it breaks)."""
-
-    first: bytes
-    first_byte_elapsed: float
-
-    async def read(self) -> bytes: ...
-
-    def close(self) -> None:
-        """Abort: the upstream stops generating."""
-
-    def release(self) -> None:
-        """The stream ended normally; its connection may be reused."""
 
 
 class StreamTally:

@@ -146,28 +146,40 @@ def test_weights_share_traffic(make_sim: Callable[..., Proc], make_gateway: Call
 
 def test_least_busy_prefers_idle_deployment(make_sim: Callable[..., Proc],
                                             make_gateway: Callable[..., Proc]) -> None:
-    slow = make_sim("--ttft", "1.5")
+    """While a request holds the slow deployment, every new request goes to the idle one. The test waits
+    for the gateway's own in-flight gauge to show the held request, not for a fixed time."""
+    slow = make_sim("--ttft", "30")
     quick = make_sim()
     gw = make_gateway({"model_list": [deployment("smart", slow, id="slow"), deployment("smart", quick, id="quick")],
-                       "router_settings": {"routing_strategy": "least-busy"}})
+                       "router_settings": {"routing_strategy": "least-busy", "num_retries": 0}})
 
     async def run() -> list[str]:
         ac = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="none", max_retries=0)
-        ids: list[str] = []
-
-        async def one(delay: float) -> None:
-            await asyncio.sleep(delay)
+        held: list[asyncio.Task[object]] = []
+        on_slow = 0.0
+        while on_slow < 1:  # requests to quick finish at once; one to slow stays in flight for 30 s
+            assert len(held) < 40, "the slow deployment never took a request"
+            held.append(asyncio.create_task(ac.chat.completions.create(model="smart", messages=HI, max_tokens=1)))
+            deadline = time.monotonic() + 20
+            while True:  # until the new request is either in flight on slow or answered by quick
+                on_slow = metric_value(await asyncio.to_thread(metrics, gw), "oss_in_flight_requests",
+                                       deployment="slow")
+                if on_slow + sum(t.done() for t in held) >= len(held):
+                    break
+                assert time.monotonic() < deadline, "a held request never showed up"
+                await asyncio.sleep(0.02)
+        ids = []
+        for _ in range(20):  # one at a time: the quick deployment is idle again before each
             raw = await ac.chat.completions.with_raw_response.create(model="smart", messages=HI, max_tokens=1)
             ids.append(raw.headers["x-gateway-deployment"])
-
-        # hold the slow deployment busy, then send requests while it is busy
-        await asyncio.gather(*(one(0.0) for _ in range(2)), *(one(0.3 + i * 0.02) for i in range(20)))
+        for t in held:
+            t.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
         await ac.close()
         return ids
 
     ids = asyncio.run(run())
-    late = ids[-20:]
-    assert late.count("quick") >= 18, ids
+    assert ids.count("quick") == 20, ids
 
 
 def test_retry_goes_to_healthy_deployment(make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc]) -> None:

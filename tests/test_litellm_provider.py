@@ -13,7 +13,7 @@ import pytest
 
 from gateway import sse
 from gateway.config import parse_config
-from gateway.litellm_upstream import FIELDS, litellm_kwargs
+from gateway.upstreams.litellm import FIELDS, litellm_kwargs
 from tests.helpers import metric_value, metrics, sim_set, sim_stats
 from tests.procs import Proc
 

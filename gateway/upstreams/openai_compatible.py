@@ -10,77 +10,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
 from gateway.config import Deployment
-
-PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
-
-_CONTEXT_MARKERS = (
-    "maximum context length", "context length", "context_length_exceeded", "context window",
-    "prompt is too long", "input is too long", "too many tokens", "exceed context window",
-    "exceeds the context", "input_tokens", "max_model_len",
-)
+from gateway.upstreams.base import EventStream, UpstreamReply, UpstreamRequest
+from gateway.upstreams.failures import UpstreamError
 
 
-def is_context_error(status: int, body: bytes) -> bool:
-    if status not in (400, 413, 422):
-        return False
-    text = body[:4096].decode("utf-8", "replace").lower()
-    return any(marker in text for marker in _CONTEXT_MARKERS)
+def transport_error(exc: BaseException, replied: bool, what: str) -> UpstreamError:
+    """The one table from aiohttp's transport errors to UpstreamError kinds: a timeout is a timeout; a
+    broken connection or body is a drop once the upstream has replied, a connect failure before."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamError("timeout", what)
+    if isinstance(exc, aiohttp.ClientPayloadError) or replied:
+        return UpstreamError("drop", f"response broken: {type(exc).__name__}")
+    return UpstreamError("connect", f"cannot reach upstream: {type(exc).__name__}")
 
 
-def upstream_message(body: bytes) -> str:
-    """The human message of an upstream error body, whatever its shape; never the raw bytes."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        text = body[:300].decode("utf-8", "replace").strip()
-        return text or "the upstream gave no error message"
-    if isinstance(data, Mapping):
-        err = data.get("error", data)
-        if isinstance(err, Mapping):
-            msg = err.get("message") or err.get("detail") or err.get("msg")
-            if isinstance(msg, str):
-                return msg[:1000]
-        elif isinstance(err, str):
-            return err[:1000]
-        detail = data.get("detail") or data.get("message")
-        if isinstance(detail, str):
-            return detail[:1000]
-    return "the upstream gave no error message"
-
-
-class UpstreamError(Exception):
-    """An upstream attempt failed. kind: connect | timeout | status | drop."""
-
-    def __init__(self, kind: str, message: str, status: int | None = None, body: bytes = b"",
-                 retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.status = status
-        self.body = body
-        self.retry_after = retry_after
-        self.context_exceeded = status is not None and is_context_error(status, body)
-
-    @property
-    def retryable(self) -> bool:
-        """Another deployment may succeed: connection errors, timeouts, 5xx, 429, and an upstream
-        that refuses our credentials or model (a deployment misconfiguration, not the client's)."""
-        if self.kind != "status":
-            return True
-        assert self.status is not None
-        return self.status >= 500 or self.status in (401, 403, 404, 408, 429)
-
-    @property
-    def reason(self) -> str:
-        if self.kind == "status":
-            return "rate_limited" if self.status == 429 else f"http_{self.status}"
-        return self.kind
+TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -91,13 +41,6 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
-
-
-@dataclass
-class UpstreamReply:
-    status: int
-    body: bytes
-    elapsed: float  # seconds waiting on the upstream
 
 
 class UpstreamStream:
@@ -112,10 +55,8 @@ class UpstreamStream:
         """The next piece of body as it arrived; b"" at the end. Raises UpstreamError on a broken stream."""
         try:
             return await self._resp.content.readany()
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            raise UpstreamError("drop", f"stream broken: {type(exc).__name__}") from None
-        except TimeoutError:
-            raise UpstreamError("timeout", "stream timed out") from None
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, True, "stream timed out") from None
 
     def close(self) -> None:
         """Abort the upstream request (closes the connection: vLLM stops generating)."""
@@ -167,8 +108,13 @@ class OpenAICompatible:
             self._headers[key] = base
         return {**base, "X-Request-Id": request_id}
 
-    async def request(self, dep: Deployment, endpoint: str, body: bytes, request_id: str) -> UpstreamReply:
-        url = f"{dep.api_base}{PATHS[endpoint]}"
+    async def send(self, dep: Deployment, req: UpstreamRequest) -> UpstreamReply | EventStream:
+        if req.stream:
+            return await self.stream(dep, req.path, req.payload, req.request_id, req.first_byte_timeout)
+        return await self.request(dep, req.path, req.payload, req.request_id)
+
+    async def request(self, dep: Deployment, path: str, body: bytes, request_id: str) -> UpstreamReply:
+        url = f"{dep.api_base}{path}"
         t0 = time.perf_counter()
         try:
             async with self.session.post(url, data=body, headers=self.headers(dep, request_id),
@@ -178,17 +124,13 @@ class OpenAICompatible:
                 if status >= 400:
                     raise UpstreamError("status", f"HTTP {status}", status, data, _retry_after(resp.headers))
                 return UpstreamReply(status, data, time.perf_counter() - t0)
-        except TimeoutError:
-            raise UpstreamError("timeout", f"no answer within {dep.timeout:g}s") from None
-        except aiohttp.ClientPayloadError as exc:
-            raise UpstreamError("drop", f"response broken: {type(exc).__name__}") from None
-        except aiohttp.ClientConnectionError as exc:
-            raise UpstreamError("connect", f"cannot reach upstream: {type(exc).__name__}") from None
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, False, f"no answer within {dep.timeout:g}s") from None
 
-    async def stream(self, dep: Deployment, endpoint: str, body: bytes, request_id: str,
+    async def stream(self, dep: Deployment, path: str, body: bytes, request_id: str,
                      first_byte_timeout: float | None) -> UpstreamStream:
         """Open a stream and wait for its first piece of body (bounded by stream_timeout)."""
-        url = f"{dep.api_base}{PATHS[endpoint]}"
+        url = f"{dep.api_base}{path}"
         t0 = time.perf_counter()
         resp: aiohttp.ClientResponse | None = None
         limit = first_byte_timeout or dep.timeout
@@ -207,15 +149,10 @@ class OpenAICompatible:
                 resp.close()
                 raise UpstreamError("drop", "upstream ended the stream without sending anything")
             return UpstreamStream(resp, first, time.perf_counter() - t0)
-        except TimeoutError:
+        except TRANSPORT_ERRORS as exc:
             if resp is not None:
                 resp.close()
-            raise UpstreamError("timeout", f"no first byte within {limit:g}s") from None
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            if resp is not None:
-                resp.close()
-            kind = "connect" if resp is None else "drop"
-            raise UpstreamError(kind, f"cannot reach upstream: {type(exc).__name__}") from None
+            raise transport_error(exc, resp is not None, f"no first byte within {limit:g}s") from None
         except BaseException:
             if resp is not None:
                 resp.close()

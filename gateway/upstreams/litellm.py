@@ -30,7 +30,8 @@ import orjson
 
 from gateway import sse
 from gateway.config import Deployment
-from gateway.upstream import UpstreamError, UpstreamReply
+from gateway.upstreams.base import EventStream, UpstreamReply, UpstreamRequest
+from gateway.upstreams.failures import UpstreamError
 
 CHAT_FIELDS = frozenset({
     "messages", "temperature", "top_p", "n", "stream", "stop", "max_tokens", "max_completion_tokens",
@@ -45,9 +46,6 @@ COMPLETIONS_FIELDS = frozenset({
 EMBEDDINGS_FIELDS = frozenset({"input", "dimensions", "encoding_format", "user"})
 FIELDS: Mapping[str, frozenset[str]] = {"chat": CHAT_FIELDS, "completions": COMPLETIONS_FIELDS,
                                         "embeddings": EMBEDDINGS_FIELDS}
-
-_closing: set[asyncio.Task[Any]] = set()  # streams being closed (a task needs a reference until done)
-
 
 def litellm_kwargs(dep: Deployment, endpoint: str, body: Mapping[str, Any], stream: bool) -> dict[str, Any]:
     """litellm's arguments for one call: the deployment's settings, and the client's OpenAI fields only."""
@@ -102,8 +100,9 @@ def _events(chunk: Any) -> bytes:
 class LiteLLMStream:
     """An open litellm stream with the native `UpstreamStream` shape (`gateway.streaming.EventStream`)."""
 
-    def __init__(self, chunks: Any, first: bytes, elapsed: float) -> None:
+    def __init__(self, chunks: Any, first: bytes, elapsed: float, closing: set[asyncio.Task[Any]]) -> None:
         self._chunks = chunks
+        self._closing = closing  # the adapter's closing tasks (a task needs a reference until done)
         self.first = first
         self.first_byte_elapsed = elapsed
         self._ended = False
@@ -130,8 +129,8 @@ class LiteLLMStream:
         aclose = getattr(self._chunks, "aclose", None)
         if aclose is not None:
             task = asyncio.get_running_loop().create_task(aclose())
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def release(self) -> None:
         self._ended = True
@@ -140,6 +139,12 @@ class LiteLLMStream:
 class LiteLLMUpstream:
     def __init__(self) -> None:
         self._litellm: Any = None
+        self._closing: set[asyncio.Task[Any]] = set()  # provider streams being closed
+
+    async def send(self, dep: Deployment, req: UpstreamRequest) -> UpstreamReply | EventStream:
+        if req.stream:
+            return await self.stream(dep, req.endpoint, req.body, req.first_byte_timeout)
+        return await self.request(dep, req.endpoint, req.body)
 
     def _lib(self) -> Any:
         if self._litellm is None:
@@ -184,16 +189,16 @@ class LiteLLMUpstream:
                 first = _events(await chunks.__anext__())
         except TimeoutError:
             if chunks is not None:
-                LiteLLMStream(chunks, b"", 0.0).close()
+                LiteLLMStream(chunks, b"", 0.0, self._closing).close()
             raise UpstreamError("timeout", f"no first byte within {limit:g}s") from None
         except StopAsyncIteration:
             raise UpstreamError("drop", "provider ended the stream without sending anything") from None
         except Exception as exc:  # noqa: BLE001
             if chunks is not None:
-                LiteLLMStream(chunks, b"", 0.0).close()
+                LiteLLMStream(chunks, b"", 0.0, self._closing).close()
             raise _map_exception(exc) from None
         except BaseException:  # cancelled: the client went away
             if chunks is not None:
-                LiteLLMStream(chunks, b"", 0.0).close()
+                LiteLLMStream(chunks, b"", 0.0, self._closing).close()
             raise
-        return LiteLLMStream(chunks, first, time.perf_counter() - t0)
+        return LiteLLMStream(chunks, first, time.perf_counter() - t0, self._closing)
