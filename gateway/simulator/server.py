@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway.simulator import faults, tokens
+from gateway.simulator import faults, generation, messages, responses, tokens
 from gateway.simulator.config import DROP_FAULTS, SimConfig, SimOptions
 from gateway.simulator.faults import SimError
 from gateway.simulator.metrics import ModelLoad, SimMetrics
@@ -114,6 +114,8 @@ class Simulator:
             router.add_post(f"{prefix}/embeddings", self.embeddings)
             router.add_get(f"{prefix}/models", self.list_models)
             router.add_post(f"{prefix}/tokenize", self.tokenize)
+        responses.ResponsesAPI(self).add_routes(router)
+        messages.MessagesAPI(self).add_routes(router)
         router.add_get("/health", self.health)
         router.add_get("/version", self.version)
         router.add_get("/metrics", self.prometheus)
@@ -464,6 +466,7 @@ class Simulator:
                 max_tokens = body.get("max_tokens")
             cfg = self._config(body)
             n, finish = self._budget(cfg, prompt.tokens, max_tokens)
+            tool = generation.forced_chat_tool(body) if kind == "chat" else None
         except SimError as exc:
             return self._error(exc)
         except ValueError as exc:
@@ -490,6 +493,8 @@ class Simulator:
             id=("chatcmpl-" if kind == "chat" else "cmpl-") + os.urandom(16).hex(),
             created=int(time.time()),
         )
+        if tool is not None:
+            return await generation.serve_chat_tool_call(self, request, job, tool, stream, include_usage)
         return await self._run(request, job, stream)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
