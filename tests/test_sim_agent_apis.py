@@ -356,3 +356,61 @@ def test_stats_count_agent_requests(sim: Proc) -> None:
     assert stats["completed"] == 2 and stats["models"] == {"other": 2}
     assert stats["prompt_tokens"] == prompt_tokens("a b") + prompt_tokens("a b c")
     assert stats["completion_tokens"] == 4 + 3
+
+
+# ---- hostile input: a clean 4xx in each API's shape, never a 5xx -------------------------------------
+USER = [{"role": "user", "content": "hi"}]
+BAD_MESSAGES: list[Any] = [
+    [], 5, "x", None, {"max_tokens": 5}, {"max_tokens": 5, "messages": [5]},
+    {"max_tokens": 5, "messages": [{"role": "user"}]},
+    {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+    {"max_tokens": 5, "messages": [{"role": "user", "content": []}]},
+    {"max_tokens": 5, "messages": USER, "tools": 5},
+    {"max_tokens": 5, "messages": USER, "tools": [{"name": "a"}]},
+    {"max_tokens": 5, "messages": USER, "tools": [{"name": "a", "input_schema": {}}],
+     "tool_choice": {"type": "tool", "name": "b"}},
+    {"max_tokens": 5, "messages": USER, "tool_choice": {"type": "any"}},
+    {"max_tokens": 5, "messages": USER, "tool_choice": "auto"},
+    {"max_tokens": 5, "messages": USER, "model": 5},
+    {"max_tokens": 5, "messages": USER, "sim": {"bad": 1}},
+    {"max_tokens": True, "messages": USER}, {"max_tokens": 5.0, "messages": USER},
+    {"max_tokens": 5, "messages": USER, "stop_sequences": [1]},
+    {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64"}}]}]},
+]
+BAD_RESPONSES: list[Any] = [
+    [], 5, {}, {"input": 5}, {"input": [5]}, {"input": []}, {"input": [{"role": "user"}]},
+    {"input": [{"role": "user", "content": [{"type": "input_text"}]}]},
+    {"input": "x", "previous_response_id": 5}, {"input": "x", "tools": 5},
+    {"input": "x", "tools": [{"type": "function"}]}, {"input": "x", "tool_choice": "required"},
+    {"input": "x", "tool_choice": {"type": "function"}}, {"input": "x", "tool_choice": 5},
+    {"input": "x", "tools": [{"type": "function", "name": "a"}], "tool_choice": {"type": "function", "name": "b"}},
+    {"input": "x", "text": {"format": {"type": "zzz"}}}, {"input": "x", "max_output_tokens": "5"},
+    {"input": "x", "instructions": 5}, {"input": "x", "stream": 1}, {"input": "x", "metadata": 5},
+    {"input": [{"type": "function_call_output", "call_id": "a"}]},
+    {"input": [{"type": "function_call", "call_id": "a", "name": "f", "arguments": 5}]},
+]
+
+
+BAD_COUNT_TOKENS: list[Any] = [
+    [], None, {}, {"messages": [5]}, {"messages": [{"role": "robot", "content": "x"}]},
+    {"messages": [{"role": "user", "content": [{"type": "text"}]}]}, {"messages": USER, "tools": [{"name": "a"}]},
+    {"messages": USER, "tool_choice": {"type": "maybe"}}, {"messages": USER, "model": 5},
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "bodies"),
+    [("/v1/messages", BAD_MESSAGES), ("/v1/messages/count_tokens", BAD_COUNT_TOKENS)],
+)
+def test_bad_messages_requests(sim: Proc, path: str, bodies: list[Any]) -> None:
+    for body in [*bodies, b"\xff\xfe", b"[" * 5000]:
+        status, answer = http("POST", f"{sim.url}{path}", body)
+        assert status == 400, (body, answer)
+        assert answer["type"] == "error" and set(answer["error"]) == {"type", "message"}, (body, answer)
+
+
+def test_bad_responses_requests(sim: Proc) -> None:
+    for body in [*BAD_RESPONSES, b"\xff", b"[" * 5000]:
+        status, answer = http("POST", f"{sim.url}/v1/responses", body)
+        assert status == 400, (body, answer)
+        assert set(answer["error"]) == {"message", "type", "param", "code"}, (body, answer)

@@ -196,6 +196,15 @@ def test_tool_choice(choice: dict[str, Any], expected: str) -> None:
             "tool_choice.name",
         ),
         ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "stop_sequences": "END"}, "stop_sequences"),
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "metadata": "u1"}, "metadata"),
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
+        ({"max_tokens": 5, "messages": [{"role": "assistant", "content": [
+            {"type": "tool_use", "name": "f", "input": 5}]}]}, "messages.0.content.0.input"),
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "a", "content": 5}]}]}, "messages.0.content.0.content"),
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "system": [{"type": "image"}]},
+         "system.0.type"),
     ],
 )
 def test_bad_requests_name_the_field(body: dict[str, Any], param: str) -> None:

@@ -153,6 +153,11 @@ def test_previous_items_come_after_instructions_and_before_input() -> None:
         ({"input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice"),
         ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
         ({"input": "x", "text": {"format": {"type": "json_schema", "name": "a"}}}, "text.format.schema"),
+        ({"input": "x", "metadata": 5}, "metadata"),  # echoed in the Response: must have the right type
+        ({"input": "x", "metadata": {"k": 1}}, "metadata"),
+        ({"input": "x", "store": "no"}, "store"),
+        ({"input": "x", "max_tool_calls": True}, "max_tool_calls"),
+        ({"input": "x", "truncation": "middle"}, "truncation"),
     ],
 )
 def test_bad_requests_name_the_field(body: dict[str, Any], param: str) -> None:

@@ -324,6 +324,8 @@ def messages_to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
                 raise TranslationError(f"{key} must be a number", key)
             out[key] = value
     metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TranslationError("metadata must be an object", "metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         out["user"] = metadata["user_id"]
     tools = _tools(body)

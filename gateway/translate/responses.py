@@ -242,11 +242,31 @@ def _response_format(text: Any) -> dict[str, Any] | None:
     raise TranslationError(f"text.format.type {kind!r} is not supported", "text.format.type")
 
 
+# Fields the Response object echoes: a wrong type would make the answer itself invalid, so it is a 400 here.
+_ECHOED: Mapping[str, tuple[type, ...]] = {
+    "metadata": (dict,), "user": (str,), "store": (bool,), "reasoning": (dict,), "parallel_tool_calls": (bool,),
+    "background": (bool,), "max_tool_calls": (int,), "instructions": (str,), "truncation": (str,),
+}
+
+
+def _check_echoed(body: Mapping[str, Any]) -> None:
+    for key, types in _ECHOED.items():
+        value = body.get(key)
+        if value is not None and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
+            raise TranslationError(f"{key} must be of type {types[0].__name__}", key)
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and not all(isinstance(v, str) for v in metadata.values()):
+        raise TranslationError("metadata values must be strings", "metadata")
+    if body.get("truncation") not in (None, "auto", "disabled"):
+        raise TranslationError("truncation must be 'auto' or 'disabled'", "truncation")
+
+
 def responses_to_chat(body: Mapping[str, Any], *, previous: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """A Responses request -> a chat/completions request (raises TranslationError on bad input).
 
     `previous`: the items of the conversation so far when the request has `previous_response_id`
     (`conversation_items` of the earlier response); the caller looks them up, this function keeps no state."""
+    _check_echoed(body)
     out: dict[str, Any] = {}
     if "model" in body:
         out["model"] = body["model"]
