@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -248,6 +249,19 @@ def test_responses_stream(oai: openai.OpenAI) -> None:
     assert done.status == "incomplete" and done.incomplete_details.reason == "max_output_tokens"
     # the streamed response is stored too
     assert oai.responses.retrieve(done.id).output_text == done.output_text
+
+
+def test_responses_created_before_the_first_token(sim: Proc) -> None:
+    """As vLLM: response.created and response.in_progress go out at once, not after the time to first token."""
+    body = {"model": "sim-model", "input": "hi", "stream": True, "sim": {"ttft": 60}}
+    with httpx.stream("POST", f"{sim.url}/v1/responses", json=body, timeout=10) as resp:
+        names: list[str] = []
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                names.append(line[len("event: "):])
+            if len(names) == 2:
+                break
+    assert names == ["response.created", "response.in_progress"]
 
 
 def test_previous_response_id_retrieve_and_delete(oai: openai.OpenAI) -> None:

@@ -312,6 +312,16 @@ def test_stream_text_event_by_event() -> None:
     assert stream.response["status"] == "completed"
 
 
+def test_stream_begin_sends_created_once() -> None:
+    stream = tr.ResponsesStream({"input": "x"})
+    first = stream.begin()
+    assert [e["type"] for e in first] == ["response.created", "response.in_progress"]
+    assert stream.begin() == []
+    rest = run(stream, [chunk({"content": "a"}, "stop"), chunk(usage=USAGE)])
+    assert rest[0]["type"] == "response.output_item.added" and rest[0]["sequence_number"] == 2
+    sdk_final(first + rest)
+
+
 def test_stream_incomplete_and_callers_usage() -> None:
     events = run(tr.ResponsesStream({"input": "x", "max_output_tokens": 2}), [chunk({"content": " a"}),
                  chunk({"content": " b"}, "length")], usage={"prompt_tokens": 4, "completion_tokens": 2})

@@ -251,7 +251,8 @@ class Renderer(Protocol):
     """Turns a ChatAnswer into one API's bytes."""
 
     def plain(self) -> bytes: ...
-    def head(self) -> list[bytes]: ...
+    def preamble(self) -> list[bytes]: ...  # sent with the headers, before queueing and ttft
+    def head(self) -> list[bytes]: ...  # sent after ttft, before the first token
     def piece(self, i: int) -> list[bytes]: ...
     def tail(self) -> list[bytes]: ...
     def error_body(self, status: int, message: str) -> bytes: ...
@@ -325,6 +326,9 @@ async def _stream(
     resp = web.StreamResponse(headers=SSE_HEADERS)
     try:
         await resp.prepare(request)
+        preamble = r.preamble()
+        if preamble:
+            await resp.write(b"".join(preamble))
         async with sim._slot(job):
             cfg = job.cfg
             loop = asyncio.get_running_loop()
@@ -411,6 +415,9 @@ class ChatToolRenderer:
 
     def plain(self) -> bytes:
         return orjson.dumps(self.answer.completion())
+
+    def preamble(self) -> list[bytes]:
+        return []
 
     def head(self) -> list[bytes]:
         return [self._data(self.answer.first())]

@@ -78,6 +78,9 @@ class MessageRenderer:
                 event["usage"] = _vllm_usage(event["usage"])
         return [anthropic.MessagesStream.encode(e) for e in events]
 
+    def preamble(self) -> list[bytes]:
+        return []  # vLLM's message_start comes with the first chat chunk, after the prefill
+
     def head(self) -> list[bytes]:
         # vLLM asks its chat layer for continuous usage, so message_start already has input_tokens
         first = self.answer.first()

@@ -117,6 +117,9 @@ class ResponseRenderer:
     def _encode(events: list[dict[str, Any]]) -> list[bytes]:
         return [tr.ResponsesStream.encode(e) for e in events]
 
+    def preamble(self) -> list[bytes]:
+        return self._encode(self.stream.begin())  # vLLM: response.created/in_progress before any token
+
     def head(self) -> list[bytes]:
         return self._encode(self.stream.feed(self.answer.first()))
 

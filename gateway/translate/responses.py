@@ -563,6 +563,11 @@ class ResponsesStream:
             )
         return events
 
+    def begin(self) -> list[dict[str, Any]]:
+        """response.created and response.in_progress, if not sent yet (vLLM sends them before the first
+        token; `feed` sends them with the first chunk when `begin` was not called)."""
+        return [] if self.started or self.done else self._start()
+
     def feed(self, chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
         if self.done:
             return []
