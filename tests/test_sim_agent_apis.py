@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -359,6 +360,24 @@ def test_chat_forced_tool_call(oai: openai.OpenAI) -> None:
     # auto (or no tool_choice) keeps answering with text
     auto = oai.chat.completions.create(model="sim-model", messages=messages, tools=tools)
     assert auto.choices[0].finish_reason == "stop" and auto.choices[0].message.content
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v1/messages", {"max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}),
+     ("/v1/responses", {"input": "hi"})],
+)
+def test_client_disconnect_cancels_the_stream(sim: Proc, path: str, body: dict[str, Any]) -> None:
+    http("POST", f"{sim.url}/sim/reset")
+    slow = {**body, "model": "sim-model", "stream": True, "sim": {"tps": 2, "default_tokens": 50}}
+    with httpx.stream("POST", f"{sim.url}{path}", json=slow, timeout=10) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("event:") and line.endswith("delta"):  # the first token arrived: go away
+                break
+    deadline = time.monotonic() + 5
+    while (stats := http("GET", f"{sim.url}/sim/stats")[1])["cancelled"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stats["cancelled"] == 1 and stats["completed"] == 0 and stats["in_flight"] == 0
 
 
 def test_stats_count_agent_requests(sim: Proc) -> None:
