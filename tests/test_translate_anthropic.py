@@ -481,3 +481,10 @@ def test_sse_framing() -> None:
     raw = ta.MessagesStream.encode({"type": "message_stop"})
     assert raw == b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
     assert orjson.loads(raw.split(b"data: ")[1]) == {"type": "message_stop"}
+
+
+def test_text_blocks_join_into_one_string() -> None:
+    body = {"max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "<system-reminder>be careful</system-reminder>"}, {"type": "text", "text": "Fix it"}]}]}
+    assert ta.messages_to_chat(body)["messages"] == [
+        {"role": "user", "content": "<system-reminder>be careful</system-reminder>\nFix it"}]

@@ -412,3 +412,8 @@ def test_stream_error_mid_way() -> None:
     for event in events:
         EVENT.validate_python(event)
     assert stream.finish() == []
+
+
+def test_text_parts_join_into_one_string() -> None:
+    body = {"input": [{"role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}]}]}
+    assert tr.responses_to_chat(body)["messages"] == [{"role": "user", "content": "a\nb"}]

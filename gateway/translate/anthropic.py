@@ -162,7 +162,7 @@ def _tool_call(block: dict[str, Any], param: str) -> dict[str, Any]:
 def _content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     """Text-only content as one string (what every chat template takes), otherwise the parts."""
     if all(p["type"] == "text" for p in parts):
-        return "".join(p["text"] for p in parts) if len(parts) == 1 else "\n".join(p["text"] for p in parts)
+        return "\n".join(p["text"] for p in parts)
     return parts
 
 

@@ -107,8 +107,8 @@ def _message(item: dict[str, Any], param: str) -> dict[str, Any]:
     if not isinstance(content, list):
         raise TranslationError(f"{param}.content must be a string or a list of parts", f"{param}.content")
     parts = [_part(p, chat_role, f"{param}.content.{j}") for j, p in enumerate(content)]
-    if all(p["type"] == "text" for p in parts):
-        return {"role": chat_role, "content": "".join(p["text"] for p in parts)}
+    if all(p["type"] == "text" for p in parts):  # text-only content as one string (what every template takes)
+        return {"role": chat_role, "content": "\n".join(p["text"] for p in parts)}
     return {"role": chat_role, "content": parts}
 
 
