@@ -21,7 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import sse
-from gateway.simulator import faults, tokens
+from gateway.simulator import faults, generation, messages, responses, tokens
 from gateway.simulator.config import DROP_FAULTS, SimConfig, SimOptions
 from gateway.simulator.faults import SimError
 from gateway.simulator.metrics import ModelLoad, SimMetrics
@@ -115,6 +115,8 @@ class Simulator:
             router.add_post(f"{prefix}/embeddings", self.embeddings)
             router.add_get(f"{prefix}/models", self.list_models)
             router.add_post(f"{prefix}/tokenize", self.tokenize)
+        responses.ResponsesAPI(self).add_routes(router)
+        messages.MessagesAPI(self).add_routes(router)
         router.add_get("/health", self.health)
         router.add_get("/version", self.version)
         router.add_get("/metrics", self.prometheus)
@@ -476,6 +478,7 @@ class Simulator:
             n, finish = self._budget(cfg, prompt.tokens, max_tokens)
             if cfg.reply is not None and (max_tokens is None or len(cfg.reply) <= n):
                 n, finish = len(cfg.reply), "stop"
+            tool = generation.forced_chat_tool(body) if kind == "chat" else None
         except SimError as exc:
             return self._error(exc)
         except ValueError as exc:
@@ -502,6 +505,8 @@ class Simulator:
             id=("chatcmpl-" if kind == "chat" else "cmpl-") + os.urandom(16).hex(),
             created=int(time.time()),
         )
+        if tool is not None:
+            return await generation.serve_chat_tool_call(self, request, job, tool, stream, include_usage)
         return await self._run(request, job, stream)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,171 @@
+"""What an API endpoint is to the gateway: one class per endpoint declares everything the request path,
+the meters, the cache, the budgets and the OpenAPI spec need to know about it.
+
+The hot path asks the registry (`gateway.endpoints`) for the endpoint of a path and then only calls
+these methods; no other module tests an endpoint's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import orjson
+from pydantic import BaseModel
+
+from gateway.errors import invalid_request
+from gateway.usage import Usage
+
+PER_MESSAGE_OVERHEAD = 4  # role markers and separators of a chat template
+
+
+def estimate_text_tokens(text: str) -> int:
+    """About 4 bytes of UTF-8 per token (the usual rule for BPE vocabularies); cheap enough for every request."""
+    if not text:
+        return 0
+    return max(1, (len(text.encode("utf-8", "ignore")) + 3) // 4)
+
+
+def type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(v), type(v).__name__)
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def short(value: Any) -> str:
+    """At most 40 characters of a client's value for an error message; never raises."""
+    try:
+        text = repr(value[:41]) if isinstance(value, str) else orjson.dumps(value).decode()
+    except Exception:  # noqa: BLE001 - an error message must not fail in turn (e.g. orjson's depth limit)
+        return f"({type_name(value)})"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+Check = tuple[Callable[[Any], bool], str]
+
+# Fields several OpenAI endpoints share, checked where present (None means "not set").
+COMMON_CHECKS: dict[str, Check] = {
+    "stream": (lambda v: isinstance(v, bool), "a boolean"),
+    "stream_options": (lambda v: isinstance(v, dict), "an object"),
+    "n": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    "max_tokens": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+    "max_completion_tokens": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+    "temperature": (lambda v: is_number(v) and 0 <= v <= 2, "a number between 0 and 2"),
+    "top_p": (lambda v: is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),
+    "presence_penalty": (lambda v: is_number(v) and -2 <= v <= 2, "a number between -2 and 2"),
+    "frequency_penalty": (lambda v: is_number(v) and -2 <= v <= 2, "a number between -2 and 2"),
+    "seed": (is_int, "an integer"),
+    "stop": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
+             "a string or an array of strings"),
+    "user": (lambda v: isinstance(v, str), "a string"),
+    "tools": (lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v), "an array of objects"),
+    "tool_choice": (lambda v: isinstance(v, (str, dict)), "a string or an object"),
+    "response_format": (lambda v: isinstance(v, dict), "an object"),
+    "logit_bias": (lambda v: isinstance(v, dict), "an object"),
+    "cache": (lambda v: isinstance(v, dict), "an object"),
+    "metadata": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+class Endpoint:
+    """An API endpoint (subclasses: one module each). Instances are stateless."""
+
+    name: ClassVar[str]  # "chat": the Call's endpoint, part of cache keys
+    paths: ClassVar[tuple[str, ...]]  # the client-facing POST paths
+    upstream_path: ClassVar[str]  # below a deployment's api_base
+    prompt_param: ClassVar[str]  # the field a context-length error names
+    streams: ClassVar[bool] = True
+    checks: ClassVar[Mapping[str, Check]] = COMMON_CHECKS
+    openapi_model: ClassVar[type[BaseModel]]
+
+    # -- the request -------------------------------------------------------------------------------
+
+    def validate(self, body: Mapping[str, Any]) -> str:
+        """Check a parsed body; returns the alias (`model`). Raises GatewayError (400) naming the field."""
+        model = body.get("model")
+        if model is None:
+            raise invalid_request("Missing required parameter: 'model'", "model")
+        if not isinstance(model, str) or not model:
+            raise invalid_request(f"'model' must be a non-empty string, got {type_name(model)}", "model")
+        self.check(body)
+        checks = self.checks
+        for name, value in body.items():  # a request has a few fields; the table has many
+            check = checks.get(name)
+            if check is not None:
+                ok, expected = check
+                if value is None and name not in ("stream", "cache"):
+                    continue
+                if not ok(value):
+                    raise invalid_request(f"'{name}' must be {expected}, got {type_name(value)} {short(value)}",
+                                          name)
+        so = body.get("stream_options")
+        if isinstance(so, dict) and "include_usage" in so and not isinstance(so["include_usage"], bool):
+            raise invalid_request("'stream_options.include_usage' must be a boolean", "stream_options.include_usage")
+        return model
+
+    def check(self, body: Mapping[str, Any]) -> None:
+        """The endpoint's own required fields."""
+
+    def prompt_text(self, body: Mapping[str, Any]) -> str:
+        return ""
+
+    def estimate_prompt_tokens(self, body: Mapping[str, Any]) -> int:
+        """Heuristic prompt size: cheap enough for every request (context windows, tpm, budgets)."""
+        return estimate_text_tokens(self.prompt_text(body))
+
+    def requested_output_tokens(self, body: Mapping[str, Any]) -> int | None:
+        """The most output the request asks for (None: the model's default), for budget reservations."""
+        return 0
+
+    def upstream_body(self, body: Mapping[str, Any], served_model: str, stream: bool, wants_usage: bool
+                      ) -> dict[str, Any]:
+        """The body a native upstream receives: the deployment's model, the gateway's own fields removed,
+        usage asked for on streams (stripped again unless the client asked)."""
+        out = dict(body)
+        out["model"] = served_model
+        out.pop("cache", None)
+        if stream and not wants_usage:
+            so = out.get("stream_options")
+            out["stream_options"] = {**so, "include_usage": True} if isinstance(so, dict) else {"include_usage": True}
+        return out
+
+    # -- the response ------------------------------------------------------------------------------
+
+    def usage(self, data: Mapping[str, Any] | None) -> Usage | None:
+        """Usage from a response object's (or a stream chunk's) `usage`."""
+        if not isinstance(data, Mapping):
+            return None
+        p = data.get("prompt_tokens")
+        c = data.get("completion_tokens", 0)
+        if not isinstance(p, int):
+            return None
+        return Usage(p, c if isinstance(c, int) else 0, False)
+
+    def output_text(self, data: Mapping[str, Any]) -> str:
+        """All generated text of a plain response (for token estimates)."""
+        return ""
+
+    def stream_output(self, chunks: Iterable[Mapping[str, Any]]) -> tuple[str, int]:
+        """(generated text, content chunks) of a stream: servers that stream token by token send about one
+        content chunk per token."""
+        return "", 0
+
+    def estimate_stream_tokens(self, chunks: Iterable[Mapping[str, Any]]) -> tuple[int, str]:
+        text, n = self.stream_output(chunks)
+        return (max(n, estimate_text_tokens(text)) if text else 0), text
+
+    # -- the cache ---------------------------------------------------------------------------------
+
+    def semantic_split(self, body: Mapping[str, Any], max_chars: int) -> tuple[dict[str, Any], str] | None:
+        """(the body with its semantic text replaced by a marker, that text) when the semantic cache may
+        compare this request by meaning; None when only exact matches apply."""
+        return None

@@ -1,0 +1,68 @@
+"""POST /v1/completions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.endpoints.base import Endpoint, is_int, type_name
+from gateway.endpoints.chat import output_count
+from gateway.errors import invalid_request
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    prompt: str | list[Any]
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    cache: dict[str, Any] | None = None
+
+
+class Completions(Endpoint):
+    name: ClassVar[str] = "completions"
+    paths: ClassVar[tuple[str, ...]] = ("/v1/completions", "/completions")
+    upstream_path: ClassVar[str] = "/completions"
+    prompt_param: ClassVar[str] = "prompt"
+    openapi_model = CompletionRequest
+
+    def check(self, body: Mapping[str, Any]) -> None:
+        prompt = body.get("prompt")
+        if prompt is None:
+            raise invalid_request("Missing required parameter: 'prompt'", "prompt")
+        if not isinstance(prompt, (str, list)):
+            raise invalid_request(f"'prompt' must be a string or an array, got {type_name(prompt)}", "prompt")
+
+    def prompt_text(self, body: Mapping[str, Any]) -> str:
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, list):
+            return "\n".join(x for x in prompt if isinstance(x, str))
+        return ""
+
+    def requested_output_tokens(self, body: Mapping[str, Any]) -> int | None:
+        mt = body.get("max_tokens")
+        return output_count(body, mt if is_int(mt) and mt >= 0 else None)
+
+    def output_text(self, data: Mapping[str, Any]) -> str:
+        return "".join(c["text"] for c in data.get("choices") or ()
+                       if isinstance(c, Mapping) and isinstance(c.get("text"), str))
+
+    def stream_output(self, chunks: Iterable[Mapping[str, Any]]) -> tuple[str, int]:
+        parts: list[str] = []
+        n = 0
+        for chunk in chunks:
+            for choice in chunk.get("choices") or ():
+                text = choice.get("text") if isinstance(choice, dict) else None
+                if isinstance(text, str) and text:
+                    parts.append(text)
+                    n += 1
+        return "".join(parts), n
