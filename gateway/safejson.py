@@ -46,7 +46,9 @@ class TooDeep(ValueError):
 
 
 def _outside_strings(raw: bytes) -> bytes:
-    if b"\\" in raw:  # `\\` first (left to right, as a parser reads escapes), then `\"`
+    """The text outside strings. Without a quote after a backslash every quote ends or starts a string;
+    else escapes go first: `\\\\` (left to right, as a parser reads them), then `\\"`."""
+    if b'\\"' in raw:
         raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
     return b"".join(raw.split(b'"')[::2])
 
@@ -55,9 +57,10 @@ def exceeds_depth(raw: bytes, limit: int) -> bool:
     """True when the JSON text `raw` nests containers deeper than `limit` levels."""
     if raw.count(b"{") + raw.count(b"[") <= limit:
         return False
-    brackets = _outside_strings(raw).translate(None, _NOT_BRACKETS)
-    if brackets.count(b"{") + brackets.count(b"[") <= limit:
+    outside = _outside_strings(raw)
+    if outside.count(b"{") + outside.count(b"[") <= limit:
         return False
+    brackets = outside.translate(None, _NOT_BRACKETS)
     depth = 0
     step = _STEP.__getitem__
     for start in range(0, len(brackets), _BLOCK):

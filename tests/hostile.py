@@ -248,7 +248,7 @@ def mutate(raw: bytes, at: int, cut: int, insert: bytes) -> bytes:
     return raw[:at] + insert + raw[at + cut:]
 
 
-header_text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0xFF, blacklist_characters="\x7f"),
+header_text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0xFF, exclude_characters="\x7f"),
                       max_size=40).map(lambda s: s.encode("latin-1"))
 auth_roles = st.one_of(st.sampled_from(["vkey", "master"]),  # half the time a key that may use every alias
                        st.sampled_from([None, "master", "vkey", "fast_only", "broke", "junk", "junk-bearer"]))

@@ -148,7 +148,7 @@ def test_random_bytes_and_broken_json(stack: Stack, client: httpx.Client, budget
 def test_models_list_with_odd_authorization(stack: Stack, client: httpx.Client, budget: Budget) -> None:
     @HOSTILE
     @given(role=auth_roles, junk=header_text, path=st.sampled_from(["/v1/models", "/models", "/v1/models/smart"]),
-           model=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters="/?#%"),
+           model=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="/?#%"),
                          min_size=1, max_size=30))
     def run(role: str | None, junk: bytes, path: str, model: str) -> None:
         if budget.spent():
