@@ -16,9 +16,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway import errors
+from gateway import errors, safejson
 from gateway.auth import Caller, bearer_token, is_master, require_admin
 from gateway.errors import GatewayError
+from gateway.protocol import too_deep
+from gateway.proxy import ClientGone, Message, Receive, Scope, Send, read_body
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -30,11 +32,52 @@ def _error_response(exc: GatewayError) -> JSONResponse:
     return JSONResponse(orjson.loads(exc.body()), status_code=exc.status, headers=exc.headers)
 
 
+class BoundedBody:
+    """ASGI middleware in front of every FastAPI route: a request body is read up to the gateway's size
+    limit (413 beyond) and its JSON nesting checked (400 beyond GATEWAY_MAX_JSON_DEPTH) before FastAPI or
+    a route parses it (Python's json raises RecursionError at ~1,000 levels, orjson crashes far deeper);
+    then the body is handed on unchanged."""
+
+    def __init__(self, app: Any, gw: Gateway) -> None:
+        self.app = app
+        self.gw = gw
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await read_body(receive, dict(scope["headers"]), self.gw.max_request_bytes)
+            limit = self.gw.settings.max_json_depth
+            if safejson.exceeds_depth(body, limit):
+                raise too_deep(limit)
+        except ClientGone:
+            return
+        except GatewayError as exc:
+            payload = exc.body()
+            await send({"type": "http.response.start", "status": exc.status,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(payload)).encode()), *exc.header_list()]})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        first = True
+
+        async def replay() -> Message:
+            nonlocal first
+            if first:
+                first = False
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
 def create_fastapi(gw: Gateway) -> FastAPI:
     """Everything but the hot path; the gateway's lifespan is run by GatewayASGI, not here."""
     api = FastAPI(title="oss-gateway", version="0.1.0",
                   description="OpenAI-compatible gateway for open-weight models")
     api.state.gateway = gw
+    api.add_middleware(BoundedBody, gw=gw)
 
     @api.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:

@@ -11,16 +11,25 @@ from typing import Any
 
 import orjson
 
+from gateway import safejson
 from gateway.errors import GatewayError, invalid_request
 
 ENDPOINTS = ("chat", "completions", "embeddings")
 
 
-def parse_json_body(raw: bytes) -> dict[str, Any]:
+def too_deep(limit: int) -> GatewayError:
+    return invalid_request(f"Request body is nested deeper than {limit} levels of objects and arrays",
+                           None, "json_too_deep")
+
+
+def parse_json_body(raw: bytes, max_depth: int = safejson.DEFAULT_MAX_DEPTH) -> dict[str, Any]:
+    """The body as a dict: nesting checked before the parse (safejson), 400 in OpenAI shape otherwise."""
     if not raw:
         raise invalid_request("Request body is empty: expected a JSON object")
     try:
-        body = orjson.loads(raw)
+        body = safejson.loads(raw, max_depth)
+    except safejson.TooDeep:
+        raise too_deep(max_depth) from None
     except orjson.JSONDecodeError as exc:
         raise invalid_request(f"Request body is not valid JSON: {exc.args[0] if exc.args else 'parse error'}") \
             from None
@@ -125,7 +134,11 @@ def validate(endpoint: str, body: Mapping[str, Any]) -> str:
 
 
 def _short(value: Any) -> str:
-    text = orjson.dumps(value).decode() if not isinstance(value, str) else repr(value)
+    """At most 40 characters of a client's value for an error message; never raises."""
+    try:
+        text = repr(value[:41]) if isinstance(value, str) else orjson.dumps(value).decode()
+    except Exception:  # noqa: BLE001 - an error message must not fail in turn (e.g. orjson's depth limit)
+        return f"({_type_name(value)})"
     return text if len(text) <= 40 else text[:37] + "..."
 
 

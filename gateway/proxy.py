@@ -92,7 +92,8 @@ class Call:
     started: float
     headers: dict[bytes, bytes]
     body: dict[str, Any] = field(default_factory=dict)
-    alias: str = UNKNOWN_ALIAS
+    alias: str = UNKNOWN_ALIAS  # a configured alias or UNKNOWN_ALIAS: the only alias used as a label value
+    requested: str = ""  # the client's `model`, for error messages only
     stream: bool = False
     wants_usage: bool = False
     caller: Caller | None = None
@@ -169,6 +170,7 @@ class Proxy:
                     started=time.perf_counter(), headers=headers)
         arm: asyncio.TimerHandle | None = None
         raw_send = send
+        config = self.gw.config  # the snapshot this request uses: its routes and its label values
 
         async def send(message: Message) -> None:  # noqa: F811 - marks the last write of the response
             if message["type"] == "http.response.body" and not message.get("more_body", False):
@@ -178,9 +180,11 @@ class Proxy:
         try:
             try:
                 raw = await read_body(receive, headers, self.gw.max_request_bytes)
-                call.body = parse_json_body(raw)
-                call.alias = validate(endpoint, call.body)
-                call.caller = await self.gw.authenticate(headers, call.alias, call)
+                call.body = parse_json_body(raw, self.gw.settings.max_json_depth)
+                call.requested = validate(endpoint, call.body)
+                if call.requested in config.aliases:  # else stays UNKNOWN_ALIAS, whatever happens next
+                    call.alias = call.requested
+                call.caller = await self.gw.authenticate(headers, call.requested, call)
                 call.stream = call.body.get("stream") is True
                 so = call.body.get("stream_options")
                 call.wants_usage = isinstance(so, dict) and so.get("include_usage") is True
@@ -190,7 +194,7 @@ class Proxy:
                 assert task is not None
                 held = call.ticket is not None and call.ticket.holds_slot  # watched at once: freed on disconnect
                 arm = asyncio.get_running_loop().call_later(0 if held else 0.05, self._arm_watcher, receive, call, task)
-                await self._serve(call, send)
+                await self._serve(call, send, config)
             except GatewayError as exc:
                 call.status = exc.status
                 if not call.response_started:
@@ -238,11 +242,9 @@ class Proxy:
 
     # -- routing -------------------------------------------------------------------------------------
 
-    async def _serve(self, call: Call, send: Send) -> None:
-        config = self.gw.config  # this request finishes on the routes it started with
-        if call.alias not in config.aliases:
-            requested, call.alias = call.alias, UNKNOWN_ALIAS  # never a label value
-            raise errors.model_not_found(requested, self.gw.visible_aliases(call.caller, config))
+    async def _serve(self, call: Call, send: Send, config: GatewayConfig) -> None:
+        if call.requested not in config.aliases:  # call.alias is UNKNOWN_ALIAS: the name is for the message only
+            raise errors.model_not_found(call.requested, self.gw.visible_aliases(call.caller, config))
         if self.gw.cache is not None:
             if await self.gw.cache_lookup(call, send):
                 return

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.safejson import DEFAULT_MAX_DEPTH, MAX_DEPTH_CEILING
+
 
 class Settings(BaseSettings):
     """Every field is read from `GATEWAY_<NAME>`; the README lists them."""
@@ -24,6 +26,9 @@ class Settings(BaseSettings):
     )
     master_key: str | None = Field(None, description="used when router.yaml sets no general_settings.master_key")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    max_json_depth: int = Field(DEFAULT_MAX_DEPTH, ge=2, le=MAX_DEPTH_CEILING,
+                                description="bodies nesting objects/arrays deeper get 400, checked before "
+                                            "any parse (docs/security.md)")
     reload_interval: float = Field(0.25, gt=0, description="seconds between checks of router.yaml")
     health_check_interval: float = Field(5.0, gt=0, description="seconds between deployment health checks")
     health_check_timeout: float = Field(3.0, gt=0)

@@ -11,12 +11,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from gateway import errors
+from gateway import errors, safejson
 from gateway.auth import require_admin
 from gateway.errors import GatewayError
 from gateway.keys import ledger as ledger_mod
@@ -38,6 +39,7 @@ from gateway.keys.models import (
     now_ms,
 )
 from gateway.keys.store import ReplyError, StoreUnavailable
+from gateway.protocol import too_deep
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -46,7 +48,8 @@ PAGE = 1000
 
 
 class AdminRoute(APIRoute):
-    """Bounded body, and store failures as 503 instead of a 500."""
+    """Bounded body parsed by the bounded loader (safejson: nesting checked first, NaN/Infinity refused as
+    orjson refuses them), and store failures as 503 instead of a 500."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -64,7 +67,15 @@ class AdminRoute(APIRoute):
                     if size > limit:
                         raise errors.body_too_large(limit)
                     parts.append(chunk)
-                request._body = b"".join(parts)
+                request._body = body = b"".join(parts)
+                if body:  # FastAPI uses this parse instead of Python's json (RecursionError, NaN)
+                    depth = request.app.state.gateway.settings.max_json_depth
+                    try:
+                        request._json = safejson.loads(body, depth)
+                    except safejson.TooDeep:
+                        raise too_deep(depth) from None
+                    except orjson.JSONDecodeError as exc:
+                        raise errors.invalid_request(f"Request body is not valid JSON: {exc}") from None
             try:
                 return await handler(request)
             except StoreUnavailable as exc:
