@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from fastapi import FastAPI, Request
@@ -17,13 +17,40 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import errors, safejson
+from gateway.asgi import ClientGone, Message, Receive, Scope, Send, read_body
 from gateway.auth import Caller, bearer_token, is_master, require_admin
 from gateway.errors import GatewayError
 from gateway.protocol import too_deep
-from gateway.proxy import ClientGone, Message, Receive, Scope, Send, read_body
+from gateway.proxy import visible_aliases
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.config import GatewayConfig
+    from gateway.keys.service import KeyService
+    from gateway.metrics import Metrics
+    from gateway.router import RouterState
+    from gateway.settings import Settings
+
+
+class Gateway(Protocol):
+    """What the admin API uses of the worker (gateway.app.Gateway has it)."""
+
+    config: GatewayConfig
+    settings: Settings
+    router: RouterState
+    keys: KeyService
+    metrics: Metrics
+    cache: Any
+    started_at: float
+
+    @property
+    def master_key(self) -> str | None: ...
+
+    @property
+    def max_request_bytes(self) -> int: ...
+
+    def redis_stores(self) -> list[tuple[str, bool, str]]: ...
+
+    def reload_file(self) -> bool: ...
 
 SUPERVISOR_ENV = "GATEWAY_SUPERVISOR_PID"
 
@@ -115,21 +142,21 @@ def create_fastapi(gw: Gateway) -> FastAPI:
         created = int(gw.started_at)
         return {"object": "list", "data": [
             {"id": a, "object": "model", "created": created, "owned_by": "oss-gateway"}
-            for a in gw.visible_aliases(caller, gw.config)]}
+            for a in visible_aliases(caller, gw.config)]}
 
     @api.get("/v1/models", tags=["openai"])
     async def list_models(request: Request) -> dict[str, Any]:
-        return models_payload(await gw.authenticate(dict(request.scope["headers"]), ""))
+        return models_payload(await gw.keys.admit(dict(request.scope["headers"]), ""))
 
     @api.get("/models", include_in_schema=False)
     async def list_models_bare(request: Request) -> dict[str, Any]:
-        return models_payload(await gw.authenticate(dict(request.scope["headers"]), ""))
+        return models_payload(await gw.keys.admit(dict(request.scope["headers"]), ""))
 
     @api.get("/v1/models/{model_id}", tags=["openai"])
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-        caller = await gw.authenticate(dict(request.scope["headers"]), model_id)
+        caller = await gw.keys.admit(dict(request.scope["headers"]), model_id)
         if model_id not in gw.config.aliases or not caller.may_use(model_id):
-            raise errors.model_not_found(model_id, gw.visible_aliases(caller, gw.config))
+            raise errors.model_not_found(model_id, visible_aliases(caller, gw.config))
         return {"id": model_id, "object": "model", "created": int(gw.started_at), "owned_by": "oss-gateway"}
 
     @api.get("/metrics", tags=["ops"])
@@ -162,5 +189,5 @@ def create_fastapi(gw: Gateway) -> FastAPI:
     declare_openai_routes(api)
     from gateway.keys.routes import build_router as keys_router
 
-    api.include_router(keys_router(gw))
+    api.include_router(keys_router(gw.keys, lambda: gw.master_key))
     return api

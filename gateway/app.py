@@ -1,8 +1,9 @@
 """The app factory: one `Gateway` per worker process, and all the wiring in one place.
 
-`Gateway` holds the worker's state (current config, router state, metrics, upstream client, cache,
-background tasks); `create_app` puts the raw-ASGI hot path in front of a FastAPI app that serves
-everything else (health, models, metrics, admin) and the OpenAPI spec.
+`Gateway` builds the worker's collaborators (router state, metrics, upstreams, keys, cache, accounting,
+the proxy) and hands each what it uses; it owns the current config, hot reload, health checks and
+background tasks. `create_app` puts the raw-ASGI hot path in front of a FastAPI app that serves
+everything else (health detail, models, metrics, admin) and the OpenAPI spec.
 """
 
 from __future__ import annotations
@@ -17,23 +18,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
-
-from gateway import errors
-from gateway.auth import MASTER, OPEN, Caller, bearer_token, is_master
+from gateway.accounting import Accounting
+from gateway.asgi import Receive, Scope, Send
 from gateway.config import ConfigError, Deployment, GatewayConfig, load_file, load_text
+from gateway.endpoints import BY_PATH
 from gateway.engine import EngineMonitor, EngineTarget, metrics_url
 from gateway.health import HealthChecker
 from gateway.keys import KeyService
 from gateway.metrics import LiveState, Metrics
-from gateway.proxy import Call, Proxy, Receive, Scope, Send
+from gateway.proxy import Proxy
 from gateway.reload import ConfigWatcher
+from gateway.responses import json_response
 from gateway.router import RouterState
 from gateway.settings import Settings
-from gateway.streaming import StreamTally
 from gateway.tokens import TokenCounter
 from gateway.upstreams import Upstreams
-from gateway.usage import Usage, estimate_plain, estimate_stream, parse_plain, usage_tail
 
 log = logging.getLogger("gateway")
 
@@ -49,8 +48,16 @@ class Gateway:
         self.upstreams = Upstreams(settings.upstream_connections)
         self.tokens = TokenCounter(self.upstreams.native.post_json)
         self.cache: Any = self._build_cache(config)
-        self.keys = KeyService(self)  # virtual keys, limits, spend ledger (gateway/keys)
-        self.proxy = Proxy(self)
+        # virtual keys, limits, spend ledger (gateway/keys)
+        self.keys = KeyService(settings, self.metrics, lambda: self.config, lambda: self.master_key, self.spawn)
+        serving = None
+        if self.cache is not None:  # the cache's modules load only when it is on
+            from gateway.cache.serving import CacheService
+
+            serving = CacheService(self.cache, self.metrics, lambda: self.config, self.spawn)
+        self.accounting = Accounting(self.router, self.metrics, self.keys, self.tokens, self.spawn, serving)
+        self.proxy = Proxy(lambda: self.config, settings, self.keys, self.router, self.upstreams, self.accounting,
+                           serving, self.metrics)
         self.engines = EngineMonitor(self.upstreams.native.get_text, self._engine_targets,
                                      lambda dep_id: self.router.states[dep_id].in_flight
                                      if dep_id in self.router.states else 0,
@@ -147,7 +154,8 @@ class Gateway:
             from gateway.embeddings import AliasEmbedder
 
             dim = cp.params.get("embedding_dim")
-            embedder = AliasEmbedder(self, alias, int(dim) if isinstance(dim, int) else None)
+            embedder = AliasEmbedder(lambda: self.config, self.router, self.upstreams.native, alias,
+                                     int(dim) if isinstance(dim, int) else None)
         cache = ResponseCache(settings, embedder=embedder)
         cache.on_error = lambda kind, _exc: self.metrics.cache_errors.labels(kind).inc()
         return cache
@@ -197,25 +205,6 @@ class Gateway:
             self.watcher.mark_current()
         return ok
 
-    # -- auth ----------------------------------------------------------------------------------------
-
-    async def authenticate(self, headers: dict[bytes, bytes], alias: str, call: Call | None = None) -> Caller:
-        """The caller of a request; with `call` (the hot path) also admits it against key/team limits."""
-        master = self.master_key
-        if not master:
-            return OPEN
-        token = bearer_token(headers)
-        if token is None:
-            raise errors.authentication_error("Missing API key: send 'Authorization: Bearer <key>'")
-        if is_master(token, master):
-            if call is not None:
-                self.keys.master_ticket(call)
-            return MASTER
-        return await self.keys.authenticate(token, alias, call)
-
-    def visible_aliases(self, caller: Caller | None, config: GatewayConfig) -> list[str]:
-        return [a for a in config.aliases if caller is None or caller.may_use(a)]
-
     # -- health --------------------------------------------------------------------------------------
 
     def _on_health(self, dep: Deployment, healthy: bool, error: str | None) -> None:
@@ -248,50 +237,6 @@ class Gateway:
             out.append(("state", self.keys.store.up, self.keys.store.where))
         return out
 
-    # -- accounting (after the response is out) -------------------------------------------------------
-
-    def record_usage(self, call: Call, dep: Deployment, usage: Usage) -> float:
-        self.router.state(dep).note_tokens(dep, usage.total, self.router.clock())
-        cost = self.metrics.record_tokens(dep, usage.prompt_tokens, usage.completion_tokens, call.team, call.key,
-                                          usage.estimated)
-        if call.ticket is not None:  # settle the key's reservation to the real cost, write the ledger
-            self.keys.on_usage(call, dep, usage, cost)
-        return cost
-
-    def after_plain(self, call: Call, dep: Deployment, body: bytes) -> None:
-        usage = usage_tail(body)
-        if usage is None:
-            data, usage = parse_plain(body)
-            if usage is None:
-                usage = estimate_plain(call.body, data)
-        self.record_usage(call, dep, usage)
-        if self.cache is not None and call.cache_status in ("miss", "bypass"):  # no-cache still stores
-            self.spawn(self.cache_store(call, body))
-
-    def after_stream(self, call: Call, dep: Deployment, tally: StreamTally) -> None:
-        now = time.perf_counter()
-        if call.first_byte_at is not None:
-            self.metrics.child(self.metrics.ttft, dep.alias, dep.id).observe(call.first_byte_at - call.started)
-            if tally.events > 2:
-                self.metrics.child(self.metrics.itl, dep.alias, dep.id).observe(
-                    (now - call.first_byte_at) / (tally.events - 1))
-        if tally.usage is not None:
-            usage = Usage(int(tally.usage.get("prompt_tokens") or 0), int(tally.usage.get("completion_tokens") or 0),
-                          False)
-            self.record_usage(call, dep, usage)
-        elif tally.events:
-            self.spawn(self._estimate_stream(call, dep, tally))
-        if self.cache is not None and call.cache_status in ("miss", "bypass") and tally.done and call.status == 200:
-            from gateway.cache import assemble_stream
-
-            self.spawn(self.cache_store(call, assemble_stream(tally.chunks())))
-
-    async def _estimate_stream(self, call: Call, dep: Deployment, tally: StreamTally) -> None:
-        usage, text = estimate_stream(call.body, tally)
-        completion = await self.tokens.count(dep.id, dep.api_base if dep.native else None, dep.served_model, text,
-                                             dep.api_key, usage.completion_tokens)
-        self.record_usage(call, dep, Usage(usage.prompt_tokens, completion, True))
-
     def readiness(self) -> tuple[list[str], list[str]]:
         """(problems, degraded). Ready means able to serve: a config with routes is loaded. Nothing that every
         replica shares may take a replica out of the load balancer — neither one dead GPU nor a Redis outage
@@ -309,54 +254,11 @@ class Gateway:
                                 f"limits fail {self.keys.mode}, spend waits in memory")
         return problems, degraded
 
-    # -- cache ---------------------------------------------------------------------------------------
-
-    async def cache_lookup(self, call: Call, send: Send) -> bool:
-        """Answer from the cache when it can; returns True when the response was sent."""
-        from gateway.cache import CacheRequest, sse_replay
-
-        # the tenant is a stable id (team_id, the key's own id, master, open), never a display label
-        tenant = call.caller.tenant if call.caller is not None else None
-        cc = call.headers.get(b"cache-control")
-        call.cache_req = CacheRequest(alias=call.alias, endpoint=call.endpoint, body=call.body, tenant=tenant,
-                                      cache_control_header=cc.decode("latin-1") if cc else None)
-        result = await self.cache.lookup(call.cache_req)
-        call.cache_status = result.status
-        if result.status not in ("hit", "semantic_hit") or result.body is None:
-            return False
-        if call.stream:
-            await self.proxy.start_stream(send, call, None)
-            events = sse_replay(result.body, include_usage=call.wants_usage)
-            await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
-            call.first_byte_at = time.perf_counter()
-        else:
-            await self.proxy.send_json(send, call, None, result.body)
-        self._record_saved(call, result.usage)
-        return True
-
-    def _record_saved(self, call: Call, usage: dict[str, Any] | None) -> None:
-        deployments = self.config.aliases.get(call.alias)
-        if not deployments or not isinstance(usage, dict):
-            return
-        dep = deployments[0]
-        saved = dep.cost(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-        self.metrics.cache_saved.labels(call.alias, dep.served_model, call.team, call.key).inc(saved)
-
-    async def cache_store(self, call: Call, body: bytes) -> None:
-        if call.cache_req is not None:
-            await self.cache.store(call.cache_req, body)
-
 
 class GatewayASGI:
-    """Raw-ASGI front: the lifespan, `/health/live` and `/health/ready`, and the OpenAI POST endpoints are
-    served here directly; everything else goes to a FastAPI app that is built once the gateway is ready
-    (its import is the slowest part of a start, and nothing on the hot path needs it)."""
-
-    HOT = {
-        "/v1/chat/completions": "chat", "/chat/completions": "chat",
-        "/v1/completions": "completions", "/completions": "completions",
-        "/v1/embeddings": "embeddings", "/embeddings": "embeddings",
-    }
+    """Raw-ASGI front: the lifespan, `/health/live` and `/health/ready`, and every endpoint of the registry
+    (gateway/endpoints) are served here directly; everything else goes to a FastAPI app that is built once
+    the gateway is ready (its import is the slowest part of a start, and nothing on the hot path needs it)."""
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
@@ -368,21 +270,22 @@ class GatewayASGI:
         if kind == "http":
             path = scope["path"]
             if scope["method"] == "POST":
-                endpoint = self.HOT.get(path)
+                endpoint = BY_PATH.get(path)
                 if endpoint is not None:
                     await self.gw.proxy(endpoint, scope, receive, send)
                     return
             elif path in ("/health/live", "/health/liveliness"):  # LiteLLM's probe paths work too
-                await _send_json(send, 200, {"status": "ok"})
+                await json_response({"status": "ok"}).send_to(send)
                 return
             elif path in ("/health/ready", "/health/readiness"):
                 problems, degraded = self.gw.readiness()
                 if problems:
-                    await _send_json(send, 503, {"status": "not ready", "problems": problems, "degraded": degraded})
+                    await json_response({"status": "not ready", "problems": problems, "degraded": degraded},
+                                        503).send_to(send)
                 else:
-                    await _send_json(send, 200, {"status": "degraded" if degraded else "ready",
-                                                 "degraded": degraded, "config": self.gw.config.digest,
-                                                 "aliases": list(self.gw.config.aliases)})
+                    await json_response({"status": "degraded" if degraded else "ready", "degraded": degraded,
+                                         "config": self.gw.config.digest,
+                                         "aliases": list(self.gw.config.aliases)}).send_to(send)
                 return
         elif kind == "lifespan":
             await self._lifespan(receive, send)
@@ -429,13 +332,6 @@ def redis_where(url: str | None) -> str:
     if u.scheme == "unix":
         return u.path
     return f"{u.hostname or '127.0.0.1'}:{u.port or 6379}/{u.path.strip('/') or '0'}"
-
-
-async def _send_json(send: Send, status: int, payload: Any) -> None:
-    body = orjson.dumps(payload)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def build_gateway(settings: Settings) -> Gateway:

@@ -11,22 +11,25 @@ re-fit it (`python -m gateway.cache.fit`) before relying on its hit rates.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.upstreams import UpstreamError
+from gateway.config import GatewayConfig
+from gateway.router import RouterState
+from gateway.upstreams import OpenAICompatible, UpstreamError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from gateway.app import Gateway
-
 
 class AliasEmbedder:
-    def __init__(self, gw: Gateway, alias: str, dim: int | None) -> None:
-        self.gw = gw
+    def __init__(self, config: Callable[[], GatewayConfig], router: RouterState, upstream: OpenAICompatible,
+                 alias: str, dim: int | None) -> None:
+        self.config = config
+        self.router = router
+        self.upstream = upstream
         self.alias = alias
         self.dim = dim or 0
         self.model_id = f"alias:{alias}"
@@ -34,13 +37,13 @@ class AliasEmbedder:
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         from gateway.cache.embedder import _normalise
 
-        config = self.gw.config
+        config = self.config()
         deployments = config.aliases.get(self.alias)
         if not deployments:
             raise RuntimeError(f"embeddings alias '{self.alias}' is not in the config")
-        dep = self.gw.router.pick(self.alias, deployments, config.router.routing_strategy).deployment
+        dep = self.router.pick(self.alias, deployments, config.router.routing_strategy).deployment
         body = orjson.dumps({"model": dep.served_model, "input": list(texts)})
-        reply = await self.gw.upstreams.native.request(dep, "/embeddings", body, os.urandom(16).hex())
+        reply = await self.upstream.request(dep, "/embeddings", body, os.urandom(16).hex())
         data: Any = orjson.loads(reply.body).get("data")
         if not isinstance(data, list) or len(data) != len(texts):
             raise UpstreamError("status", "embeddings answer without one vector per input", 502, reply.body[:200])

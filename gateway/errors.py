@@ -1,10 +1,19 @@
-"""The OpenAI error shape (design.md §3) and the exceptions that carry it."""
+"""The error shapes of design.md §3 (OpenAI's; Anthropic's on /v1/messages) and the exception that
+carries them."""
 
 from __future__ import annotations
 
 import orjson
 
-JSON_HEADERS: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+# Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors)
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                   500: "api_error", 502: "api_error", 503: "overloaded_error", 504: "api_error",
+                   529: "overloaded_error"}
+
+
+def anthropic_type(status: int) -> str:
+    return ANTHROPIC_TYPES.get(status, "invalid_request_error" if 400 <= status < 500 else "api_error")
 
 
 class GatewayError(Exception):
@@ -27,7 +36,10 @@ class GatewayError(Exception):
         self.code = code
         self.headers = headers or {}
 
-    def body(self) -> bytes:
+    def body(self, style: str = "openai") -> bytes:
+        if style == "anthropic":
+            return orjson.dumps({"type": "error", "error": {"type": anthropic_type(self.status),
+                                                            "message": self.message}})
         return error_body(self.message, self.type, self.param, self.code)
 
     def header_list(self) -> list[tuple[bytes, bytes]]:

@@ -1,10 +1,11 @@
-"""The hot path: POST /v1/chat/completions, /v1/completions and /v1/embeddings as raw ASGI.
+"""The request path of every API endpoint in the registry (gateway/endpoints), as raw ASGI.
 
-read body (bounded) ▶ parse once ▶ validate ▶ auth ▶ alias ▶ [cache] ▶ pick deployment ▶ upstream
-  ◀ bytes, or SSE events as they arrive ◀ tokens and cost recorded after the response is out
+read body (bounded) ▶ parse once (nesting bounded) ▶ endpoint validates ▶ auth + key limits ▶ alias
+  ▶ [cache] ▶ router picks a deployment ▶ upstream.send ◀ bytes, or SSE events as they arrive
+  ◀ accounting after the response is out (tokens, cost, spend, cache store)
 Retries go to another deployment of the alias; then `fallbacks` move to other aliases;
-`context_window_fallbacks` move before sending when the prompt is over `max_input_tokens`, and
-after an upstream's context-length error.
+`context_window_fallbacks` move before sending when the prompt is over `max_input_tokens`, after an
+upstream's context-length error, and when every deployment that could take the prompt is unavailable.
 """
 
 from __future__ import annotations
@@ -12,25 +13,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
-import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Protocol
 
 import orjson
 
 from gateway import errors
+from gateway.accounting import Accounting
+from gateway.asgi import ClientGone, Message, Receive, Scope, Send, read_body
+from gateway.auth import Caller
+from gateway.cache.serving import CacheService
+from gateway.call import Call
 from gateway.config import Deployment, GatewayConfig
+from gateway.endpoints import Endpoint
 from gateway.errors import GatewayError
-from gateway.metrics import UNKNOWN_ALIAS
-from gateway.protocol import error_for_status, parse_json_body, validate
-from gateway.router import NoDeployment
+from gateway.metrics import Metrics
+from gateway.protocol import error_for_status, parse_json_body
+from gateway.responses import Response, start_sse
+from gateway.router import NoDeployment, RouterState
+from gateway.settings import Settings
 from gateway.sse import Decoder
 from gateway.strategies import RouteRequest
 from gateway.streaming import DONE, StreamTally, error_event
-from gateway.tokens import estimate_prompt_tokens
 from gateway.upstreams import (
     Attempt,
     AttemptsFailed,
@@ -38,36 +43,21 @@ from gateway.upstreams import (
     UpstreamError,
     UpstreamReply,
     UpstreamRequest,
+    Upstreams,
     upstream_message,
 )
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-    from gateway.auth import Caller
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 log = logging.getLogger("gateway.proxy")
 
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
-JSON_CT = (b"content-type", b"application/json")
-_CACHE_HEADERS = {status: (b"x-gateway-cache", status.upper().replace("_", "-").encode())
-                  for status in ("hit", "semantic_hit", "miss", "bypass")}
 
+class Admission(Protocol):
+    """Who is calling and whether their key/team limits admit the request (gateway/keys)."""
 
-UPSTREAM_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
-_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+    async def admit(self, headers: dict[bytes, bytes], alias: str, call: Call) -> Caller: ...
 
+    def release(self, call: Call) -> None: ...
 
-class ClientGone(Exception):
-    """The client disconnected; nothing more can be sent."""
+    def finish(self, call: Call) -> None: ...
 
 
 class _AliasExhausted(Exception):
@@ -83,94 +73,35 @@ class _ContextExceeded(Exception):
         self.error = error
 
 
-@dataclass(slots=True)
-class Call:
-    """One client request as it goes through the gateway."""
-
-    endpoint: str
-    request_id: str
-    started: float
-    headers: dict[bytes, bytes]
-    body: dict[str, Any] = field(default_factory=dict)
-    alias: str = UNKNOWN_ALIAS  # a configured alias or UNKNOWN_ALIAS: the only alias used as a label value
-    requested: str = ""  # the client's `model`, for error messages only
-    stream: bool = False
-    wants_usage: bool = False
-    caller: Caller | None = None
-    cache_status: str = "bypass"
-    deployment: Deployment | None = None
-    upstream_wait: float = 0.0
-    first_byte_at: float | None = None
-    status: int = 200
-    response_started: bool = False
-    client_gone: bool = False
-    prompt_estimate: int | None = None
-    cache_req: Any = None  # the cache's view of the request, from lookup to store
-    completing: bool = False  # the last write of the response has begun
-    watcher: asyncio.Task[None] | None = None  # watches for a client disconnect (long requests only)
-    ticket: Any = None  # keys.Ticket: the key/team admission to settle when the request ends
-
-    @property
-    def upstream_request_id(self) -> str:
-        """The id sent upstream: the request id when it is a UUID (llama.cpp's server refuses anything
-        else with a bare 400), else a UUID derived from it, so the two can still be matched."""
-        if _UUID.fullmatch(self.request_id):
-            return self.request_id
-        return uuid.uuid5(uuid.NAMESPACE_URL, self.request_id).hex
-
-    @property
-    def team(self) -> str:
-        return self.caller.team if self.caller else ""
-
-    @property
-    def key(self) -> str:
-        return self.caller.key_alias if self.caller else ""
-
-
-async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
-    declared = headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise errors.body_too_large(limit)
-    msg = await receive()
-    if msg["type"] == "http.disconnect":
-        raise ClientGone
-    body = msg.get("body", b"")
-    if not msg.get("more_body", False):
-        if len(body) > limit:
-            raise errors.body_too_large(limit)
-        return body
-    parts = [body]
-    size = len(body)
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = msg.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise errors.body_too_large(limit)
-        parts.append(chunk)
-        if not msg.get("more_body", False):
-            return b"".join(parts)
+def visible_aliases(caller: Caller | None, config: GatewayConfig) -> list[str]:
+    return [a for a in config.aliases if caller is None or caller.may_use(a)]
 
 
 class Proxy:
-    """Serves the OpenAI endpoints for one worker's `Gateway`."""
+    """Serves the registry's endpoints for one worker process."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self._dep_headers: dict[str, tuple[bytes, bytes]] = {}
+    def __init__(self, config: Callable[[], GatewayConfig], settings: Settings, admission: Admission,
+                 router: RouterState, upstreams: Upstreams, accounting: Accounting, cache: CacheService | None,
+                 metrics: Metrics) -> None:
+        self.config = config
+        self.settings = settings
+        self.admission = admission
+        self.router = router
+        self.upstreams = upstreams
+        self.accounting = accounting
+        self.cache = cache
+        self.metrics = metrics
 
     # -- ASGI entry ---------------------------------------------------------------------------------
 
-    async def __call__(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, api: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
         rid = headers.get(b"x-request-id")
-        call = Call(endpoint=endpoint, request_id=rid.decode("latin-1")[:128] if rid else os.urandom(16).hex(),
+        call = Call(api=api, request_id=rid.decode("latin-1")[:128] if rid else os.urandom(16).hex(),
                     started=time.perf_counter(), headers=headers)
         arm: asyncio.TimerHandle | None = None
         raw_send = send
-        config = self.gw.config  # the snapshot this request uses: its routes and its label values
+        config = self.config()  # the snapshot this request uses: its routes and its label values
 
         async def send(message: Message) -> None:  # noqa: F811 - marks the last write of the response
             if message["type"] == "http.response.body" and not message.get("more_body", False):
@@ -179,20 +110,22 @@ class Proxy:
 
         try:
             try:
-                raw = await read_body(receive, headers, self.gw.max_request_bytes)
-                call.body = parse_json_body(raw, self.gw.settings.max_json_depth)
-                call.requested = validate(endpoint, call.body)
+                limit = config.max_request_bytes or self.settings.max_request_bytes
+                raw = await read_body(receive, headers, limit)
+                call.body = parse_json_body(raw, self.settings.max_json_depth)
+                call.requested = api.validate(call.body)
                 if call.requested in config.aliases:  # else stays UNKNOWN_ALIAS, whatever happens next
                     call.alias = call.requested
-                call.caller = await self.gw.authenticate(headers, call.requested, call)
-                call.stream = call.body.get("stream") is True
+                call.caller = await self.admission.admit(headers, call.requested, call)
+                call.stream = api.streams and call.body.get("stream") is True
                 so = call.body.get("stream_options")
                 call.wants_usage = isinstance(so, dict) and so.get("include_usage") is True
                 # a client that goes away cancels the upstream request (GPU time is money); the watcher
-                # is armed only for requests still running after 50 ms (most finish before: no task)
+                # is armed only for requests still running after 50 ms (most finish before: no task),
+                # at once for one holding a parallel slot (freed when the disconnect is seen)
                 task = asyncio.current_task()
                 assert task is not None
-                held = call.ticket is not None and call.ticket.holds_slot  # watched at once: freed on disconnect
+                held = call.ticket is not None and call.ticket.holds_slot
                 arm = asyncio.get_running_loop().call_later(0 if held else 0.05, self._arm_watcher, receive, call, task)
                 await self._serve(call, send, config)
             except GatewayError as exc:
@@ -236,7 +169,7 @@ class Proxy:
                 if not call.completing:
                     call.client_gone = True
                     if call.ticket is not None:
-                        self.gw.keys.release(call)  # its parallel slot is free now, not after the unwinding
+                        self.admission.release(call)  # its parallel slot is free now, not after the unwinding
                     task.cancel()
                 return
 
@@ -244,40 +177,40 @@ class Proxy:
 
     async def _serve(self, call: Call, send: Send, config: GatewayConfig) -> None:
         if call.requested not in config.aliases:  # call.alias is UNKNOWN_ALIAS: the name is for the message only
-            raise errors.model_not_found(call.requested, self.gw.visible_aliases(call.caller, config))
-        if self.gw.cache is not None:
-            if await self.gw.cache_lookup(call, send):
-                return
+            raise errors.model_not_found(call.requested, visible_aliases(call.caller, config))
+        if self.cache is not None and await self.cache.answer(call, send):
+            return
         chain: list[tuple[str, str | None]] = [(call.alias, None)]
         visited: set[str] = set()
         last_error: GatewayError | None = None
         prev = call.alias
+        cw = config.router.context_window_fallbacks
         while chain:
             alias, reason = chain.pop(0)
             if alias in visited or alias not in config.aliases:
                 continue
             visited.add(alias)
             if reason is not None:
-                self.gw.metrics.fallbacks.labels(prev, alias, reason).inc()
+                self.metrics.fallbacks.labels(prev, alias, reason).inc()
             prev = alias
             deployments = config.aliases[alias]
             fits = self._fitting(call, deployments)
             if not fits:
                 last_error = self._context_error(call, deployments)
-                chain[:0] = [(a, "context_window") for a in config.router.context_window_fallbacks.get(alias, ())]
+                chain[:0] = [(a, "context_window") for a in cw.get(alias, ())]
                 continue
             try:
                 await self._attempts(call, send, config, alias, fits)
                 return
             except _ContextExceeded as exc:
                 last_error = exc.error
-                chain[:0] = [(a, "context_window") for a in config.router.context_window_fallbacks.get(alias, ())]
+                chain[:0] = [(a, "context_window") for a in cw.get(alias, ())]
             except _AliasExhausted as exc:
                 last_error = exc.error
                 if len(fits) < len(deployments):
                     # every deployment that could take this prompt is unavailable, and the others cannot
                     # take it: a larger-context alias is the next place to go, before ordinary fallbacks
-                    chain[:0] = [(a, "context_window") for a in config.router.context_window_fallbacks.get(alias, ())]
+                    chain[:0] = [(a, "context_window") for a in cw.get(alias, ())]
                 more = config.router.fallbacks.get(alias)
                 if more is None and alias == call.alias:
                     more = config.router.default_fallbacks
@@ -286,11 +219,9 @@ class Proxy:
         raise last_error
 
     def _fitting(self, call: Call, deployments: tuple[Deployment, ...]) -> tuple[Deployment, ...]:
-        if call.endpoint == "embeddings" or all(d.max_input_tokens is None for d in deployments):
-            return deployments
-        if call.prompt_estimate is None:
-            call.prompt_estimate = estimate_prompt_tokens(call.body)
-        n = call.prompt_estimate
+        if not call.api.streams or all(d.max_input_tokens is None for d in deployments):
+            return deployments  # embeddings: no context-window routing
+        n = call.estimate_prompt()
         return tuple(d for d in deployments if d.max_input_tokens is None or n <= d.max_input_tokens)
 
     def _context_error(self, call: Call, deployments: tuple[Deployment, ...]) -> GatewayError:
@@ -298,13 +229,11 @@ class Proxy:
         return errors.invalid_request(
             f"This model's maximum context length is {limit} tokens; the request's prompt is about "
             f"{call.prompt_estimate} tokens and no larger-context fallback is configured for '{call.alias}'.",
-            "messages" if call.endpoint == "chat" else "prompt",
-            "context_length_exceeded",
-        )
+            call.api.prompt_param, "context_length_exceeded")
 
     async def _attempts(self, call: Call, send: Send, config: GatewayConfig, alias: str,
                         deployments: tuple[Deployment, ...]) -> None:
-        router = self.gw.router
+        router = self.router
         settings = config.router
         tried: set[str] = set()
         attempts: list[Attempt] = []
@@ -322,25 +251,24 @@ class Proxy:
                         f"No healthy deployment for '{alias}' right now", nd.retry_after), "unhealthy") from None
                 break
             dep = decision.deployment
-            self.gw.metrics.child(self.gw.metrics.routing_decisions, alias, settings.routing_strategy,
-                                  decision.reason).inc()
+            self.metrics.child(self.metrics.routing_decisions, alias, settings.routing_strategy,
+                               decision.reason).inc()
             if attempts:
                 prev = attempts[-1]
-                self.gw.metrics.retries.labels(alias, prev.deployment, prev.error.reason).inc()
+                self.metrics.retries.labels(alias, prev.deployment, prev.error.reason).inc()
             tried.add(dep.id)
             try:
-                await self._send_to(call, send, dep)
+                await self._send_to(call, send, dep, settings.stream_timeout)
                 return
             except UpstreamError as exc:
                 if exc.context_exceeded:
                     raise _ContextExceeded(errors.invalid_request(
-                        upstream_message(exc.body), "messages" if call.endpoint == "chat" else "prompt",
-                        "context_length_exceeded")) from None
+                        upstream_message(exc.body), call.api.prompt_param, "context_length_exceeded")) from None
                 if not exc.retryable:
                     raise error_for_status(exc.status or 400, upstream_message(exc.body)) from None
                 attempts.append(Attempt(dep.id, exc))
                 if exc.policy.cooldown and router.record_failure(dep, settings, len(config.aliases[alias])):
-                    self.gw.metrics.cooldowns.labels(alias, dep.id).inc()
+                    self.metrics.cooldowns.labels(alias, dep.id).inc()
                     log.warning("deployment %s of %s cooled down for %gs after repeated failures (last: %s)",
                                 dep.id, alias, settings.cooldown_time, exc.reason)
         failed = AttemptsFailed(alias, attempts)
@@ -364,84 +292,49 @@ class Proxy:
 
     # -- one upstream attempt ------------------------------------------------------------------------
 
-    def _upstream_body(self, call: Call, dep: Deployment) -> bytes:
-        body = dict(call.body)
-        body["model"] = dep.served_model
-        body.pop("cache", None)
-        if call.stream and not call.wants_usage:
-            so = body.get("stream_options")
-            body["stream_options"] = {**so, "include_usage": True} if isinstance(so, dict) else {"include_usage": True}
-        return orjson.dumps(body)
-
-    async def _send_to(self, call: Call, send: Send, dep: Deployment) -> None:
-        gw = self.gw
-        st = gw.router.state(dep)
+    async def _send_to(self, call: Call, send: Send, dep: Deployment, stream_timeout: float | None) -> None:
+        st = self.router.state(dep)
         st.in_flight += 1
-        st.note_request(dep, gw.router.clock())
-        gauge = gw.metrics.child(gw.metrics.in_flight, dep.alias, dep.id)
+        st.note_request(dep, self.router.clock())
+        gauge = self.metrics.child(self.metrics.in_flight, dep.alias, dep.id)
         gauge.inc()
         call.deployment = dep
         try:
-            if call.stream:
-                await self._stream(call, send, dep)
+            api = call.api
+            req = UpstreamRequest(
+                endpoint=api.name, path=api.upstream_path, body=call.body,
+                payload=orjson.dumps(api.upstream_body(call.body, dep.served_model, call.stream, call.wants_usage))
+                if dep.native else b"",
+                stream=call.stream, request_id=call.upstream_request_id,
+                first_byte_timeout=dep.stream_timeout or stream_timeout)
+            reply = await self.upstreams.for_deployment(dep).send(dep, req)
+            if isinstance(reply, UpstreamReply):
+                call.upstream_wait += reply.elapsed
+                call.response_started = True
+                await Response(reply.body, 200, call.response_headers(dep)).send_to(send)
+                call.first_byte_at = time.perf_counter()
+                self.accounting.after_plain(call, dep, reply.body)
             else:
-                await self._plain(call, send, dep)
+                await self._stream(call, send, dep, reply)
         finally:
             st.in_flight -= 1
             gauge.dec()
 
-    def response_headers(self, call: Call, dep: Deployment | None, base: list[tuple[bytes, bytes]]) -> list[
-            tuple[bytes, bytes]]:
-        hs = [*base, (b"x-request-id", call.request_id.encode("latin-1")), _CACHE_HEADERS[call.cache_status]]
-        if dep is not None:
-            value = self._dep_headers.get(dep.id)
-            if value is None:
-                value = self._dep_headers[dep.id] = (b"x-gateway-deployment", dep.id.encode("latin-1", "replace"))
-            hs.append(value)
-        return hs
-
-    def _upstream_request(self, call: Call, dep: Deployment) -> UpstreamRequest:
-        return UpstreamRequest(
-            endpoint=call.endpoint, path=UPSTREAM_PATHS[call.endpoint], body=call.body,
-            payload=self._upstream_body(call, dep) if dep.native else b"", stream=call.stream,
-            request_id=call.upstream_request_id,
-            first_byte_timeout=dep.stream_timeout or self.gw.config.router.stream_timeout)
-
-    async def _plain(self, call: Call, send: Send, dep: Deployment) -> None:
-        reply = await self.gw.upstreams.for_deployment(dep).send(dep, self._upstream_request(call, dep))
-        assert isinstance(reply, UpstreamReply)
-        call.upstream_wait += reply.elapsed
-        await self.send_json(send, call, dep, reply.body)
-        self.gw.after_plain(call, dep, reply.body)
-
-    async def send_json(self, send: Send, call: Call, dep: Deployment | None, body: bytes) -> None:
-        call.response_started = True
-        headers = self.response_headers(call, dep, [JSON_CT, (b"content-length", str(len(body)).encode())])
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        call.first_byte_at = time.perf_counter()
-
-    async def _stream(self, call: Call, send: Send, dep: Deployment) -> None:
-        upstream = await self.gw.upstreams.for_deployment(dep).send(dep, self._upstream_request(call, dep))
-        assert not isinstance(upstream, UpstreamReply)
+    async def _stream(self, call: Call, send: Send, dep: Deployment, upstream: EventStream) -> None:
         call.upstream_wait += upstream.first_byte_elapsed
         tally = StreamTally(strip_usage=not call.wants_usage)
         try:
-            await self.start_stream(send, call, dep)
-            await self.pump(call, send, upstream, tally)
+            call.response_started = True
+            await start_sse(send, call.response_headers(dep))
+            await self._pump(call, send, upstream, tally)
         finally:
             if tally.done:
                 upstream.release()
             else:
                 upstream.close()
-            self.gw.after_stream(call, dep, tally)
+            self.accounting.after_stream(call, dep, tally)
 
-    async def start_stream(self, send: Send, call: Call, dep: Deployment | None) -> None:
-        call.response_started = True
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": self.response_headers(call, dep, SSE_HEADERS)})
-
-    async def pump(self, call: Call, send: Send, upstream: EventStream, tally: StreamTally) -> None:
+    async def _pump(self, call: Call, send: Send, upstream: EventStream, tally: StreamTally) -> None:
         """Forward complete SSE events as they arrive."""
         decoder = Decoder()
         piece = upstream.first
@@ -456,12 +349,13 @@ class Proxy:
             try:
                 piece = await upstream.read()
             except UpstreamError as exc:
-                call.status = 502 if exc.kind != "timeout" else 504
+                timeout = exc.policy.status == 504
+                call.status = 504 if timeout else 502
                 log.warning("stream %s from %s broke after the first byte: %s", call.request_id,
                             call.deployment.id if call.deployment else "?", exc)
                 await send({"type": "http.response.body", "more_body": False,
                             "body": error_event(f"The upstream stream for '{call.alias}' broke: {exc}",
-                                                "upstream_error" if exc.kind != "timeout" else "timeout")})
+                                                "timeout" if timeout else "upstream_error")})
                 return
             if not piece:
                 break
@@ -474,12 +368,8 @@ class Proxy:
     # -- errors and accounting -----------------------------------------------------------------------
 
     async def _send_error(self, send: Send, call: Call, exc: GatewayError) -> None:
-        body = exc.body()
-        headers = self.response_headers(call, None, [JSON_CT, (b"content-length", str(len(body)).encode()),
-                                                      *exc.header_list()])
         try:
-            await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await Response(exc.body(), exc.status, [*call.response_headers(None), *exc.header_list()]).send_to(send)
         except OSError:
             pass
 
@@ -491,10 +381,9 @@ class Proxy:
             pass
 
     def _record_request(self, call: Call) -> None:
-        gw = self.gw
         if call.ticket is not None:  # release the key's slot and reservation, or settle to the real cost
-            gw.keys.finish(call)
-        m = gw.metrics
+            self.admission.finish(call)
+        m = self.metrics
         now = time.perf_counter()
         status_class = f"{call.status // 100}xx"
         m.child(m.requests, call.alias, status_class, call.cache_status, call.team, call.key).inc()

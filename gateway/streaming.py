@@ -9,13 +9,11 @@ to count tokens and to drop the usage-only chunk the client did not ask for. The
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 from gateway import sse
-from gateway.tokens import estimate_text_tokens
 
 DONE = sse.DONE
 _JSON_EVENT = b"data: {"  # how nearly every event of an OpenAI stream starts
@@ -105,47 +103,3 @@ class StreamTally:
                 if isinstance(chunk, dict):
                     out.append(chunk)
         return out
-
-
-def streamed_text(chunks: Iterable[dict[str, Any]]) -> str:
-    """All generated text of a chat or completions stream (content, reasoning and tool-call arguments)."""
-    parts: list[str] = []
-    for chunk in chunks:
-        choices = chunk.get("choices")
-        if not isinstance(choices, list):
-            continue
-        for choice in choices:
-            if not isinstance(choice, dict):
-                continue
-            text = choice.get("text")
-            if isinstance(text, str):
-                parts.append(text)
-            delta = choice.get("delta")
-            if isinstance(delta, dict):
-                for key in ("content", "reasoning_content", "reasoning"):
-                    v = delta.get(key)
-                    if isinstance(v, str):
-                        parts.append(v)
-                calls = delta.get("tool_calls")
-                if isinstance(calls, list):
-                    for c in calls:
-                        fn = c.get("function") if isinstance(c, dict) else None
-                        if isinstance(fn, dict):
-                            for key in ("name", "arguments"):
-                                if isinstance(fn.get(key), str):
-                                    parts.append(fn[key])
-    return "".join(parts)
-
-
-def estimate_completion_tokens(chunks: list[dict[str, Any]]) -> int:
-    """Heuristic: servers that stream token by token send about one content chunk per token."""
-    text = streamed_text(chunks)
-    content_chunks = 0
-    for chunk in chunks:
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if (isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")
-                                             or delta.get("reasoning_content"))) or \
-                    (isinstance(choice, dict) and choice.get("text")):
-                content_chunks += 1
-    return max(content_chunks, estimate_text_tokens(text)) if text else 0

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from gateway.endpoints import BY_NAME
+
 from .types import CacheRequest, CacheSettings
 
 # Body fields that never change the answer (transport, bookkeeping, the cache controls themselves).
@@ -87,21 +89,6 @@ def _digest(obj: Any) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def message_text(content: Any) -> str | None:
-    """The text of a message content (string or list of text parts); None when it holds non-text parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts: list[str] = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            else:
-                return None
-        return "\n".join(texts)
-    return None
-
-
 @dataclass(frozen=True)
 class PreparedKeys:
     controls: Controls
@@ -121,17 +108,11 @@ def prepare(req: CacheRequest, settings: CacheSettings, embedder_id: str) -> Pre
 
     partition: str | None = None
     text: str | None = None
-    messages = body.get("messages")
-    if req.endpoint == "chat" and isinstance(messages, list) and messages:
-        last = messages[-1]
-        if isinstance(last, dict) and last.get("role") == "user":
-            text = message_text(last.get("content"))
-            if text is not None and 0 < len(text.strip()) <= settings.max_text_chars:
-                rest = {k: v for k, v in last.items() if k != "content"}
-                stripped = {**body, "messages": [*messages[:-1], {**rest, "content": "\x00LAST\x00"}]}
-                partition = _digest({**base, "body": stripped, "embedder": embedder_id})
-            else:
-                text = None
+    endpoint = BY_NAME.get(req.endpoint)
+    split = endpoint.semantic_split(body, settings.max_text_chars) if endpoint is not None else None
+    if split is not None:  # the endpoint's semantic text (chat: the last user message) is compared by meaning
+        stripped, text = split
+        partition = _digest({**base, "body": stripped, "embedder": embedder_id})
     temperature = _num(req.body.get("temperature"))
     temp_ok = temperature is None or temperature <= settings.max_temperature
     return PreparedKeys(controls=controls, namespace=namespace, exact=exact, partition=partition,

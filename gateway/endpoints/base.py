@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel
 
 from gateway.errors import invalid_request
-from gateway.usage import Usage
+from gateway.usage import Usage, usage_from
 
 PER_MESSAGE_OVERHEAD = 4  # role markers and separators of a chat template
 
@@ -86,6 +86,8 @@ class Endpoint:
     streams: ClassVar[bool] = True
     checks: ClassVar[Mapping[str, Check]] = COMMON_CHECKS
     openapi_model: ClassVar[type[BaseModel]]
+    summary: ClassVar[str] = ""  # the OpenAPI summary
+    tag: ClassVar[str] = "openai"
 
     # -- the request -------------------------------------------------------------------------------
 
@@ -122,8 +124,9 @@ class Endpoint:
         """Heuristic prompt size: cheap enough for every request (context windows, tpm, budgets)."""
         return estimate_text_tokens(self.prompt_text(body))
 
-    def requested_output_tokens(self, body: Mapping[str, Any]) -> int | None:
-        """The most output the request asks for (None: the model's default), for budget reservations."""
+    def worst_case_output(self, body: Mapping[str, Any], default: int) -> int:
+        """The most output tokens the request may produce (with `default` for a request that sets no limit),
+        for budget reservations."""
         return 0
 
     def upstream_body(self, body: Mapping[str, Any], served_model: str, stream: bool, wants_usage: bool
@@ -142,13 +145,7 @@ class Endpoint:
 
     def usage(self, data: Mapping[str, Any] | None) -> Usage | None:
         """Usage from a response object's (or a stream chunk's) `usage`."""
-        if not isinstance(data, Mapping):
-            return None
-        p = data.get("prompt_tokens")
-        c = data.get("completion_tokens", 0)
-        if not isinstance(p, int):
-            return None
-        return Usage(p, c if isinstance(c, int) else 0, False)
+        return usage_from(data)
 
     def output_text(self, data: Mapping[str, Any]) -> str:
         """All generated text of a plain response (for token estimates)."""

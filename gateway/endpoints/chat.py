@@ -60,11 +60,11 @@ def message_text(content: Any) -> str | None:
     return None
 
 
-def output_count(body: Mapping[str, Any], max_tokens: int | None) -> int | None:
-    if max_tokens is None:
-        return None
+def output_count(body: Mapping[str, Any], max_tokens: Any, default: int) -> int:
+    """max_tokens (or `default`) times n choices (at most 128)."""
     n = body.get("n")
-    return max_tokens * (min(n, 128) if is_int(n) and n > 1 else 1)
+    asked = max_tokens if is_int(max_tokens) and max_tokens >= 0 else default
+    return asked * (min(n, 128) if is_int(n) and n > 1 else 1)
 
 
 class Chat(Endpoint):
@@ -73,6 +73,7 @@ class Chat(Endpoint):
     upstream_path: ClassVar[str] = "/chat/completions"
     prompt_param: ClassVar[str] = "messages"
     openapi_model = ChatCompletionRequest
+    summary: ClassVar[str] = "Chat completion (streaming with stream=true)"
 
     def check(self, body: Mapping[str, Any]) -> None:
         messages = body.get("messages")
@@ -122,11 +123,11 @@ class Chat(Endpoint):
                 tool_tokens = 0
         return estimate_text_tokens(self.prompt_text(body)) + PER_MESSAGE_OVERHEAD * n_messages + tool_tokens
 
-    def requested_output_tokens(self, body: Mapping[str, Any]) -> int | None:
+    def worst_case_output(self, body: Mapping[str, Any], default: int) -> int:
         mt = body.get("max_completion_tokens")
         if not is_int(mt) or mt < 0:
             mt = body.get("max_tokens")
-        return output_count(body, mt if is_int(mt) and mt >= 0 else None)
+        return output_count(body, mt, default)
 
     def output_text(self, data: Mapping[str, Any]) -> str:
         parts: list[str] = []

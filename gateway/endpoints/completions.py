@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.endpoints.base import Endpoint, is_int, type_name
+from gateway.endpoints.base import Endpoint, type_name
 from gateway.endpoints.chat import output_count
 from gateway.errors import invalid_request
 
@@ -32,6 +32,7 @@ class Completions(Endpoint):
     upstream_path: ClassVar[str] = "/completions"
     prompt_param: ClassVar[str] = "prompt"
     openapi_model = CompletionRequest
+    summary: ClassVar[str] = "Text completion"
 
     def check(self, body: Mapping[str, Any]) -> None:
         prompt = body.get("prompt")
@@ -48,9 +49,8 @@ class Completions(Endpoint):
             return "\n".join(x for x in prompt if isinstance(x, str))
         return ""
 
-    def requested_output_tokens(self, body: Mapping[str, Any]) -> int | None:
-        mt = body.get("max_tokens")
-        return output_count(body, mt if is_int(mt) and mt >= 0 else None)
+    def worst_case_output(self, body: Mapping[str, Any], default: int) -> int:
+        return output_count(body, body.get("max_tokens"), default)
 
     def output_text(self, data: Mapping[str, Any]) -> str:
         return "".join(c["text"] for c in data.get("choices") or ()

@@ -27,6 +27,7 @@ class Embeddings(Endpoint):
     prompt_param: ClassVar[str] = "input"
     streams: ClassVar[bool] = False
     openapi_model = EmbeddingRequest
+    summary: ClassVar[str] = "Embeddings"
 
     def check(self, body: Mapping[str, Any]) -> None:
         inp = body.get("input")
@@ -48,9 +49,6 @@ class Embeddings(Endpoint):
         if isinstance(inp, str):
             return inp
         return "\n".join(x for x in inp if isinstance(x, str)) if isinstance(inp, list) else ""
-
-    def requested_output_tokens(self, body: Mapping[str, Any]) -> int | None:
-        return 0
 
     def upstream_body(self, body: Mapping[str, Any], served_model: str, stream: bool, wants_usage: bool
                       ) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from gateway.keys.store import ReplyError, StoreUnavailable
 from gateway.protocol import too_deep
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.keys.service import KeyService
 
 PAGE = 1000
 
@@ -88,12 +88,11 @@ class AdminRoute(APIRoute):
         return bounded
 
 
-def build_router(gw: Gateway) -> APIRouter:
+def build_router(svc: KeyService, master_key: Callable[[], str | None]) -> APIRouter:
     def admin(request: Request) -> None:
-        require_admin(dict(request.scope["headers"]), gw.master_key)
+        require_admin(dict(request.scope["headers"]), master_key())
 
     router = APIRouter(route_class=AdminRoute, dependencies=[Depends(admin)])
-    svc = gw.keys
     store = svc.store
 
     def bad(message: str, param: str | None = None) -> GatewayError:

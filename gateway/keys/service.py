@@ -11,7 +11,7 @@ Per request with a virtual key:
 3. otherwise ONE Lua script checks existence, expiry, allowed models, RPM/TPM (sliding 60 s),
    parallel requests and budgets of the key and its team, and reserves the request's worst-case cost
    — atomically, so N workers/replicas on one Redis enforce one limit;
-4. after the response (`on_usage` from `Gateway.record_usage`, `finish` from the request's end), the
+4. after the response (`on_usage` from `Accounting.record`, `finish` from the request's end), the
    real cost replaces the reservation, spend and the ledger are written: batched, off the hot path.
    The parallel slot is freed as soon as the client is gone or the response is out (`release`), even
    when the cost is still being counted (a stream without usage): the reservation waits for the cost.
@@ -34,24 +34,25 @@ import os
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
 from gateway import errors
-from gateway.auth import Caller, key_tenant, team_tenant
+from gateway.auth import MASTER, OPEN, Caller, bearer_token, is_master, key_tenant, team_tenant
 from gateway.errors import GatewayError
 from gateway.keys.ledger import entry_fields
 from gateway.keys.models import NANO, Record, iso, key_label, now_ms
 from gateway.keys.resp import Subscriber
 from gateway.keys.store import AdmitResult, MemoryStore, RedisStore, ReplyError, Settlement, StoreUnavailable
-from gateway.tokens import estimate_prompt_tokens, estimate_text_tokens
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.call import Call
     from gateway.config import Deployment, GatewayConfig
-    from gateway.proxy import Call
+    from gateway.metrics import Metrics
+    from gateway.settings import Settings
     from gateway.usage import Usage
 
 log = logging.getLogger("gateway.keys")
@@ -139,9 +140,16 @@ def _usd(nano: int) -> str:
 
 
 class KeyService:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        s = gw.settings
+    """Virtual keys on the hot path: who is calling, whether their key/team limits admit the request, and
+    the settlement of its cost (spend, ledger) after it."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, config: Callable[[], GatewayConfig],
+                 master_key: Callable[[], str | None], spawn: Callable[[Coroutine[Any, Any, Any]], None]) -> None:
+        self._config = config
+        self._master_key = master_key
+        self._spawn = spawn
+        s = settings
+        self._workers = settings.workers
         url = s.state_redis_url or s.redis_url
         self.shares_cache_redis = bool(url) and not s.state_redis_url
         self.prefix = s.state_key_prefix
@@ -172,7 +180,7 @@ class KeyService:
         self._tid_prefix = secrets.token_hex(4) + format(os.getpid() % 4096, "x") + "."
         self._tid_count = itertools.count(1)
         self._last_store_error = 0.0
-        r = gw.metrics.registry  # oss_limits_degraded and oss_redis_up{store="state"} are read at scrape time
+        r = metrics.registry  # oss_limits_degraded and oss_redis_up{store="state"} are read at scrape time
         self.rejections = Counter("oss_limit_rejections", "Requests refused by a key/team limit",
                                   ("scope", "limit"), registry=r)
         self.auth_failures = Counter("oss_auth_failures", "Requests refused by virtual-key auth", ("reason",),
@@ -184,10 +192,10 @@ class KeyService:
     # -- lifecycle --------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        auth_on = bool(self.gw.master_key)
+        auth_on = bool(self._master_key())
         if isinstance(self.store, MemoryStore):
             if auth_on:
-                workers = self.gw.settings.workers
+                workers = self._workers
                 log.warning("keys: no state Redis (GATEWAY_STATE_REDIS_URL or GATEWAY_REDIS_URL): virtual keys, teams, "
                             "spend and limits live in this process's memory and are LOST ON RESTART%s",
                             f"; each of the {workers} workers has its own" if workers > 1 else "")
@@ -220,7 +228,7 @@ class KeyService:
 
     def _on_state(self, up: bool) -> None:
         if up:
-            self.gw.spawn(self._index_teams())
+            self._spawn(self._index_teams())
         elif self.subscriber is not None:
             self.subscriber.reset()  # the same Redis: do not trust a subscription that may be just as dead
         if up and self._backlog:
@@ -260,12 +268,27 @@ class KeyService:
 
     # -- the hot path -----------------------------------------------------------------------------------
 
+    async def admit(self, headers: dict[bytes, bytes], alias: str, call: Call | None = None) -> Caller:
+        """The caller of a request (master key, virtual key, or anyone when auth is off); with `call` (the
+        hot path) also admits it against the key's and team's limits."""
+        master = self._master_key()
+        if not master:
+            return OPEN
+        token = bearer_token(headers)
+        if token is None:
+            raise errors.authentication_error("Missing API key: send 'Authorization: Bearer <key>'")
+        if is_master(token, master):
+            if call is not None:
+                self.master_ticket(call)
+            return MASTER
+        return await self.authenticate(token, alias, call)
+
     async def authenticate(self, token: str, alias: str, call: Call | None) -> Caller:
         """A virtual key → its Caller; with `call`, also admits the request (limits, reservation)."""
         h = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
         entry = self._cache.get(h)
         mono = time.monotonic()
-        config = self.gw.config
+        config = self._config()
         known = alias in config.aliases
         if (entry is not None and not entry.limited and mono - entry.checked < self.cache_ttl
                 and self._listening and entry.checked > self._valid_after):
@@ -301,7 +324,7 @@ class KeyService:
 
     def master_ticket(self, call: Call) -> None:
         """Master-key requests are not limited but are written to the ledger."""
-        if call.alias in self.gw.config.aliases:
+        if call.alias in self._config().aliases:
             call.ticket = Ticket("", "", "master", "", now_ms(), 0, 0, 0)
 
     def _ticket(self, h: str, caller: Caller, team: str, flags: int, reserve: int, est: int, now: int,
@@ -320,33 +343,13 @@ class KeyService:
                           max(caps) if caps else None)
             self._prices = {a: tuple(dict.fromkeys(own[b] for b in reachable_aliases(config, a))) for a in own}
             self._prices_for = config
-        body = call.body
-        if call.endpoint == "embeddings":
-            inp = body.get("input")
-            texts = [inp] if isinstance(inp, str) else [x for x in inp if isinstance(x, str)] \
-                if isinstance(inp, list) else []
-            prompt = sum(estimate_text_tokens(t) for t in texts) or (len(inp) if isinstance(inp, list) else 0)
-        else:
-            if call.prompt_estimate is None:
-                call.prompt_estimate = estimate_prompt_tokens(body)
-            prompt = call.prompt_estimate
+        prompt = call.estimate_prompt()
         prices = self._prices[alias]
         if all(not pin and not pout for pin, pout, _ in prices):
             return 0, prompt
-        asked: int | None = None
-        n = 1
-        if call.endpoint != "embeddings":
-            mt = body.get("max_completion_tokens")
-            if not isinstance(mt, int) or isinstance(mt, bool) or mt < 0:
-                mt = body.get("max_tokens")
-            if isinstance(mt, int) and not isinstance(mt, bool) and mt >= 0:
-                asked = mt
-            nv = body.get("n")
-            n = min(nv, 128) if isinstance(nv, int) and not isinstance(nv, bool) and nv > 1 else 1
         worst = 0.0
         for pin, pout, cap in prices:
-            out = 0 if call.endpoint == "embeddings" else (asked if asked is not None else
-                                                            cap or self.default_max_tokens) * n
+            out = call.api.worst_case_output(call.body, cap or self.default_max_tokens)
             worst = max(worst, (prompt * PROMPT_MARGIN + PROMPT_MARGIN_TOKENS) * pin + out * pout)
         return math.ceil(round(worst * NANO, 3)), prompt
 
@@ -461,7 +464,7 @@ class KeyService:
     # -- after the response -----------------------------------------------------------------------------
 
     def on_usage(self, call: Call, dep: Deployment, usage: Usage, cost: float) -> None:
-        """From Gateway.record_usage: the upstream's real usage and cost of this request."""
+        """From Accounting.record: the upstream's real usage and cost of this request."""
         t: Ticket = call.ticket
         t.prompt += usage.prompt_tokens
         t.completion += usage.completion_tokens
@@ -543,7 +546,7 @@ class KeyService:
         self._collecting = False
         sent, self._sent = self._sent, []
         if sent:
-            self.gw.spawn(self._collect_sent(sent))
+            self._spawn(self._collect_sent(sent))
 
     async def _collect_sent(self, sent: list[tuple[Settlement, asyncio.Future[Any]]]) -> None:
         assert isinstance(self.store, RedisStore)
