@@ -21,7 +21,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.helpers import metric_value, metrics
+from gateway import safejson
+from gateway.protocol import _short, validate
+from tests.helpers import deployment, metric_value, metrics
 from tests.hostile import (
     ALIASES,
     CANARY,
@@ -78,6 +80,66 @@ def deep_bodies(depth: int) -> dict[str, bytes]:
     head = b'{"model":"smart","messages":[{"role":"user","content":"x"}],"prompt":"x","input":"x","metadata":'
     return {"object": obj, "array": arr, "metadata-object": head + obj + b"}",
             "metadata-array": head + b'{"k":' + arr + b"}}"}
+
+
+def _depth(v: Any) -> int:
+    if isinstance(v, dict):
+        return 1 + max((_depth(x) for x in v.values()), default=0)
+    if isinstance(v, list):
+        return 1 + max((_depth(x) for x in v), default=0)
+    return 0
+
+
+tricky = st.sampled_from(['"', "\\", '\\"', "[", "{", "]", "}", '"[{', '\\\\"]}', "a", ""])
+strings = st.lists(tricky, max_size=6).map("".join)
+nested = st.recursive(st.one_of(st.none(), st.integers(-(2 ** 63), 2 ** 63 - 1), strings),
+                      lambda kids: st.lists(kids, max_size=3) | st.dictionaries(strings, kids, max_size=3),
+                      max_leaves=40)
+
+
+@HOSTILE
+@given(value=nested, limit=st.integers(1, 12), indent=st.sampled_from([None, 0, 2]), cut=st.integers(0, 10 ** 6))
+def test_depth_check_is_exact_and_ignores_brackets_in_strings(value: Any, limit: int, indent: int | None,
+                                                              cut: int) -> None:
+    raw = json.dumps(value, indent=indent).encode()
+    assert safejson.exceeds_depth(raw, limit) == (_depth(value) > limit)
+    if safejson.exceeds_depth(raw, limit):  # a prefix that goes too deep is refused although it is not JSON
+        deepest = next(i for i in range(len(raw) + 1) if safejson.exceeds_depth(raw[:i], limit))
+        assert safejson.exceeds_depth(raw[:max(deepest, cut % (len(raw) + 1))], limit)
+        with pytest.raises(safejson.TooDeep):
+            safejson.loads(raw, limit)
+    else:
+        assert safejson.loads(raw, limit) == value
+
+
+def test_error_messages_never_fail_on_a_value() -> None:
+    deep: Any = 1
+    for _ in range(300):  # orjson.dumps refuses this (more than 255 levels)
+        deep = [deep]
+    assert _short(deep) == "(array)"
+    assert _short("x" * 10_000) == repr("x" * 36)[:37] + "..."
+    with pytest.raises(Exception, match="'temperature' must be a number between 0 and 2, got array"):
+        validate("chat", {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": deep})
+
+
+def test_the_depth_limit_is_a_setting(make_sim: Any, make_gateway: Any) -> None:
+    sim = make_sim()
+    gw = make_gateway({"model_list": [deployment("smart", sim)]}, env={"GATEWAY_MAX_JSON_DEPTH": "8"})
+    msg = [{"role": "user", "content": "x"}]
+    ok = {"model": "smart", "messages": msg, "metadata": _nest_value(7)}  # the body, then 7: 8 levels
+    assert httpx.post(f"{gw.url}/v1/chat/completions", json=ok, timeout=10).status_code == 200
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json={**ok, "metadata": _nest_value(8)}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["message"] == (
+        "Request body is nested deeper than 8 levels of objects and arrays")
+    r = httpx.post(f"{gw.url}/key/generate", json={"metadata": _nest_value(8)}, timeout=10)  # FastAPI routes too
+    assert r.status_code == 400 and r.json()["error"]["code"] == "json_too_deep"
+
+
+def _nest_value(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
 
 
 def test_deep_nesting_gets_400_without_a_key_and_the_worker_keeps_serving(stack: Stack, client: httpx.Client) -> None:

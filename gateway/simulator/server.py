@@ -138,9 +138,7 @@ class Simulator:
             raise SimError(400, f"The request body is larger than {request.client_max_size} bytes") from None
         try:  # nesting checked before the parse: orjson < 3.9 crashes (SIGSEGV) on ~100,000 levels
             body = safejson.loads(raw, safejson.MAX_DEPTH_CEILING)
-        except safejson.TooDeep as exc:
-            raise SimError(400, f"Invalid JSON body: {exc}") from None
-        except orjson.JSONDecodeError as exc:
+        except (safejson.TooDeep, orjson.JSONDecodeError) as exc:
             raise SimError(400, f"Invalid JSON body: {exc}") from None
         if not isinstance(body, dict):
             raise SimError(400, "The request body must be a JSON object")
