@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-enable-prefix-caching", dest="prefix_caching", action="store_false")
     p.add_argument("--enable-prompt-tokens-details", action="store_true",
                    help="usage.prompt_tokens_details.cached_tokens, as vLLM's flag of that name")
+    p.add_argument("--no-metrics", dest="serve_metrics", action="store_false",
+                   help="no /metrics endpoint (404), like an OpenAI-compatible server that is not vLLM")
     p.add_argument(
         "--no-dcgm",
         dest="dcgm",
@@ -155,6 +157,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         kv_cache_tokens=args.kv_cache_tokens,
         engine=engine_params(args),
         prompt_tokens_details=args.enable_prompt_tokens_details,
+        serve_metrics=args.serve_metrics,
         dcgm=args.dcgm,
         gpu_indices=tuple(args.gpu_indices or [0]),
         gpu_model=args.gpu_model,

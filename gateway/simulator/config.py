@@ -80,6 +80,7 @@ class SimOptions:
     config: SimConfig = field(default_factory=SimConfig)
     engine: EngineParams | None = None  # the engine model (gateway/simulator/engine.py); None = ttft/tps timing
     prompt_tokens_details: bool = False  # vLLM's --enable-prompt-tokens-details: usage.prompt_tokens_details
+    serve_metrics: bool = True  # False: no /metrics (404), like an OpenAI-compatible server without Prometheus
 
     def gpus(self) -> tuple[GpuInfo, ...]:
         return tuple(GpuInfo(i, self.gpu_model, self.hostname, self.gpu_memory_mib) for i in self.gpu_indices)

@@ -121,7 +121,8 @@ class Simulator:
             router.add_post(f"{prefix}/tokenize", self.tokenize)
         router.add_get("/health", self.health)
         router.add_get("/version", self.version)
-        router.add_get("/metrics", self.prometheus)
+        if self.options.serve_metrics:
+            router.add_get("/metrics", self.prometheus)
         router.add_get("/sim/config", self.get_config)
         router.add_post("/sim/config", self.set_config)
         router.add_get("/sim/stats", self.get_stats)
