@@ -5,27 +5,31 @@ cache, continuous batching, prefill and decode time), behind a real `gateway ser
 
 - sessions (agent runs) arrive as a Poisson process; each belongs to one of `--groups` agents whose
   system prompt (300-2,000 tokens) every session of that agent shares;
-- a session makes 3-10 calls in turn; each call sends the whole conversation so far (system prompt,
-  every earlier user/tool message and answer) plus a new message of 40-400 tokens (a tool result or
-  the user), streams an answer of 16-96 tokens, and the next call follows after a pause (exponential,
+- a session makes 4-12 calls in turn; each call sends the whole conversation so far (system prompt,
+  every earlier user/tool message and answer) plus a new message of 50-800 tokens (a tool result or
+  the user), streams an answer of 16-128 tokens, and the next call follows after a pause (exponential,
   mean `--think` seconds: the tool running);
 - the whole plan (arrivals, messages, answer lengths, pauses) is drawn once from `--seed`, so every
   strategy serves exactly the same requests, and the simulator's answers are deterministic.
 
-Capacity is computed from the simulator's model, for a router that does not know about caches: every
-replica holds every agent's system prompt, but a session's history is computed again on each call.
-With step time `(1 + F*(b-1))/decode_tps + prefill_tokens/prefill_tps`, a replica saturated at a
-batch of `max_num_seqs` (S) spends per request `out * (1 - F + F*S)/(S*decode_tps) + uncached/prefill_tps`
-seconds, so capacity = replicas / E[that] requests/s over the plan's requests. Offered load is a
-fraction of it (`--loads 0.7,0.9`). Every (load, strategy) point starts fresh processes (empty caches),
-warms up for `--warmup` seconds and measures for `--duration` seconds:
+Capacity is the fleet's under simple-shuffle, computed from the simulator's model: with step time
+`(1 + F*(b-1))/decode_tps + prefill_tokens/prefill_tps`, a replica saturated at a batch of
+`max_num_seqs` (S) spends per call `out * (1 - F + F*S)/(S*decode_tps) + uncached/prefill_tps` seconds,
+so capacity = replicas / E[that] calls/s, where E[uncached] comes from walking the plan with every call
+sent to a random replica (system prompts cached everywhere; a call finds what earlier calls of its
+conversation left on that replica; see `capacity()`). Each replica's KV cache (256k tokens) holds
+that working set, so the walk matches what the simulators measure under simple-shuffle. Offered load
+is a fraction of it (`--loads 0.7,0.9`). Every (load, strategy) point starts fresh processes (empty
+caches), warms up for `--warmup` seconds and measures for `--duration` seconds:
 
 - TTFT: client side, request sent to first content token, for calls sent inside the window;
 - throughput: answer tokens received inside the window per second (and calls completed per second);
 - prefix-cache hit ratio: Δ vllm:prefix_cache_hits_total / Δ vllm:prefix_cache_queries_total summed
-  over the four replicas' /metrics across the window (tokens, as vLLM counts them).
+  over the four replicas' /metrics across the window (tokens, as vLLM counts them);
+- client stalls: seconds of the window in which the load generator's own event loop woke up more than
+  0.1 s late (and the longest such delay): on a shared machine, a point with stalls is disturbed.
 
-Run: `python bench/routing_bench.py` (about 9 minutes), `--plan` prints the workload and capacity only.
+Run: `python bench/routing_bench.py` (about 11 minutes), `--plan` prints the workload and capacity only.
 The table is printed and written to bench/results/routing.md.
 """
 
@@ -56,6 +60,7 @@ ALIAS = "agent"
 MODEL = "agent-model"
 PER_MESSAGE = 3  # the simulator's tokens per chat message besides its words
 HEADER = 3  # the assistant header the engine appends to a chat prompt
+STALL = 0.1  # a wake-up of the load generator this late (s) means the machine did not run it
 DRAIN_SECONDS = 30.0  # after the window: how long calls sent inside it may take to finish
 MAX_MODEL_LEN = 16384  # the longest session here stays under 8k tokens
 
@@ -236,6 +241,8 @@ class RunResult:
     decisions: dict[str, float] = field(default_factory=dict)
     preemptions: float = 0.0
     per_replica: list[int] = field(default_factory=list)
+    max_lag: float = 0.0  # the load generator's event loop: longest wake-up delay inside the window
+    stalled: float = 0.0  # seconds of the window in wake-ups more than STALL late
 
 
 def metric_sums(text: str, names: Sequence[str]) -> dict[str, float]:
@@ -383,6 +390,19 @@ class Runner:
                         return
                     messages.append({"role": "assistant", "content": answer})
 
+            async def watch_lag() -> None:
+                """How late this process's event loop wakes up: a busy machine shows here first."""
+                tick = 0.02
+                while True:
+                    before = loop.time()
+                    await asyncio.sleep(tick)
+                    late = loop.time() - before - tick
+                    if w0 <= before < w1:
+                        res.max_lag = max(res.max_lag, late)
+                        if late > STALL:
+                            res.stalled += late
+
+            watcher = loop.create_task(watch_lag())
             scale = 1.0 / session_rate
             tasks = [loop.create_task(session(Session(s.start * scale, s.group, s.turns), i))
                      for i, s in enumerate(self.workload.sessions) if s.start * scale < args.warmup + args.duration]
@@ -394,7 +414,7 @@ class Runner:
                 res.decisions = decisions(await r.text())
             # no call starts after the window; the ones sent inside it finish (their TTFT counts)
             await asyncio.wait(tasks, timeout=DRAIN_SECONDS)
-            for t in tasks:
+            for t in [*tasks, watcher]:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         res.hits = after["vllm:prefix_cache_hits_total"] - before["vllm:prefix_cache_hits_total"]
@@ -442,6 +462,8 @@ class Row:
     preemptions: float
     spread: str
     decisions: str
+    max_lag: float
+    stalled: float
 
 
 def summarize(r: RunResult, duration: float) -> Row:
@@ -452,17 +474,18 @@ def summarize(r: RunResult, duration: float) -> Row:
     return Row(r.strategy, r.load, r.rate, len(r.calls), errors, pct(ttfts, 50), pct(ttfts, 99),
                statistics.fmean(ttfts) if ttfts else float("nan"), r.window_tokens / duration,
                r.window_done / duration, r.hits / r.queries if r.queries else float("nan"), r.preemptions,
-               "/".join(str(n) for n in r.per_replica), dec)
+               "/".join(str(n) for n in r.per_replica), dec, r.max_lag, r.stalled)
 
 
 def table(rows: list[Row]) -> str:
     head = ("| load | strategy | calls | errors | TTFT p50 (ms) | TTFT p99 (ms) | TTFT mean (ms) | tokens/s | calls/s "
-            "| prefix hit ratio | preemptions | calls per replica | routing reasons |")
+            "| prefix hit ratio | preemptions | calls per replica | routing reasons | client stalls |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| {r.load:.0%} ({r.rate:.2f} req/s) | {r.strategy} | {r.calls} | {r.errors} | {r.p50 * 1000:.0f} "
                      f"| {r.p99 * 1000:.0f} | {r.mean * 1000:.0f} | {r.tokens_per_s:.0f} | {r.calls_per_s:.2f} "
-                     f"| {r.hit_ratio:.3f} | {r.preemptions:.0f} | {r.spread} | {r.decisions} |")
+                     f"| {r.hit_ratio:.3f} | {r.preemptions:.0f} | {r.spread} | {r.decisions} "
+                     f"| {r.stalled:.1f} s, max {r.max_lag * 1000:.0f} ms |")
     return "\n".join(lines)
 
 
@@ -554,7 +577,8 @@ async def amain(args: argparse.Namespace) -> str:
                 rows.append(row)
                 print(f"{load:.0%} {strategy}: p50 {row.p50 * 1000:.0f} ms, p99 {row.p99 * 1000:.0f} ms, "
                       f"{row.tokens_per_s:.0f} tokens/s, hit ratio {row.hit_ratio:.3f}, {row.calls} calls, "
-                      f"{row.errors} errors, spread {row.spread} [{row.decisions}] ({time.monotonic() - t:.0f} s)",
+                      f"{row.errors} errors, spread {row.spread} [{row.decisions}], client stalls {row.stalled:.1f} s "
+                      f"(max {row.max_lag * 1000:.0f} ms) ({time.monotonic() - t:.0f} s)",
                       flush=True)
         ok = True
     finally:
@@ -562,6 +586,8 @@ async def amain(args: argparse.Namespace) -> str:
         if args.keep or not ok:
             print(f"work dir kept: {work_dir}")
     verdicts = [v for load in loads for v in verdict(rows, load)]
+    cpu = time.process_time()
+    lines.append(f"Load generator (this process): {cpu:.0f} CPU seconds in all ({len(rows)} points).")
     print("\n" + table(rows) + "\n\n" + "\n".join(verdicts))
     return "\n\n".join(["# Routing strategies: agentic multi-turn workload on the simulator",
                         "\n".join(f"- {x}" for x in lines), table(rows), "\n".join(verdicts)]) + "\n"

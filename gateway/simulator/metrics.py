@@ -5,6 +5,8 @@ without --strict-models, are counted under the first served name). Gauges are co
 time from the live load, so the hot path only touches plain integers and a few counters.
 DCGM series (`DCGM_FI_DEV_FB_USED`, `DCGM_FI_DEV_FB_FREE` in MiB, `DCGM_FI_DEV_GPU_UTIL` in %)
 carry dcgm-exporter's labels `gpu`, `UUID`, `pci_bus_id`, `device`, `modelName`, `Hostname`.
+With the engine model (`engine`), running, waiting, KV usage and GPU busy time come from it, and it
+registers vLLM's engine series (prefix cache, queue and phase timings) in the same registry.
 """
 
 from __future__ import annotations
