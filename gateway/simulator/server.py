@@ -313,7 +313,7 @@ class Simulator:
         await resp.write(event + DONE)
 
     # ---- generation --------------------------------------------------------------------------
-    def _usage(self, job: Job) -> dict[str, int]:
+    def _usage(self, job: Job) -> dict[str, Any]:
         p, c = job.prompt.tokens, job.n
         usage: dict[str, Any] = {"prompt_tokens": p, "total_tokens": p + c, "completion_tokens": c}
         if self.options.prompt_tokens_details and job.seq is not None and job.seq.cached_tokens:
