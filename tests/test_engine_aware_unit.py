@@ -107,6 +107,21 @@ def test_saturated_home_spills_and_idle_engine_takes_new_work() -> None:
     assert picks["idle"] == 20
 
 
+def test_a_request_waiting_for_the_next_step_is_not_saturation() -> None:
+    deps = [Dep("a", max_num_seqs=16), Dep("b", max_num_seqs=16)]
+    req = chat("shared system", "first question")
+    home = EngineAware().pick(deps, View(engines={"a": load(), "b": load()}), req).deployment.id
+    other = "b" if home == "a" else "a"
+    # vLLM admits at step boundaries: a busy engine often shows one or two waiting; the batch is not full
+    view = View(engines={home: load(running=5, waiting=1, kv=0.3), other: load(running=2, kv=0.1)})
+    assert EngineAware().pick(deps, view, req).deployment.id == home
+    full = View(engines={home: load(running=16, waiting=1, kv=0.3), other: load(running=2, kv=0.1)})
+    spilled = EngineAware().pick(deps, full, req)
+    assert spilled.deployment.id == other and spilled.reason == "spill"
+    kv_full = View(engines={home: load(running=5, kv=0.97), other: load(running=9, kv=0.5)})
+    assert EngineAware().pick(deps, kv_full, req).deployment.id == other
+
+
 def test_fresh_in_flight_counts_between_readings() -> None:
     deps = [Dep("a", max_num_seqs=4), Dep("b", max_num_seqs=4)]
     view = View(engines={"a": load(), "b": load()}, flying={"a": 4})  # 4 sent to a since its reading

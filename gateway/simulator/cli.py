@@ -7,6 +7,7 @@ import socket
 from collections.abc import Sequence
 
 from gateway.simulator.config import ERROR_STYLES, FAULTS, SimConfig, SimOptions, parse_fault
+from gateway.simulator.engine import EngineParams
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +71,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=65536,
         help="KV cache capacity in tokens, for vllm:kv_cache_usage_perc",
     )
+    g = p.add_argument_group(
+        "engine model",
+        "vLLM's scheduler and prefix cache (gateway/simulator/engine.py): on when --prefill-tps or "
+        "--decode-tps is given; then time to first token and token pace come from it (--ttft/--tps are ignored)",
+    )
+    g.add_argument("--prefill-tps", type=float, default=None,
+                   help="prompt tokens computed per second (default with the model: 8000)")
+    g.add_argument("--decode-tps", type=float, default=None,
+                   help="tokens/s of one sequence at batch 1 (default with the model: 50)")
+    g.add_argument("--batch-slowdown", type=float, default=0.02,
+                   help="F: a step takes (1 + F*(batch-1))/decode-tps + prefill tokens/prefill-tps (default 0.02)")
+    g.add_argument("--block-size", type=int, default=16,
+                   help="tokens per KV block (default 16 as vLLM on GPU; vLLM's CPU build uses 128)")
+    g.add_argument("--max-num-batched-tokens", type=int, default=8192,
+                   help="tokens per engine step, chunked prefill (default 8192)")
+    g.add_argument("--enable-prefix-caching", dest="prefix_caching", action="store_true", default=True,
+                   help="reuse cached KV blocks of equal prompt prefixes (the default)")
+    g.add_argument("--no-enable-prefix-caching", dest="prefix_caching", action="store_false")
+    p.add_argument("--enable-prompt-tokens-details", action="store_true",
+                   help="usage.prompt_tokens_details.cached_tokens, as vLLM's flag of that name")
+    p.add_argument("--no-metrics", dest="serve_metrics", action="store_false",
+                   help="no /metrics endpoint (404), like an OpenAI-compatible server that is not vLLM")
     p.add_argument(
         "--no-dcgm",
         dest="dcgm",
@@ -96,6 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def engine_params(args: argparse.Namespace) -> EngineParams | None:
+    """The engine model's parameters, or None when neither --prefill-tps nor --decode-tps is given."""
+    if args.prefill_tps is None and args.decode_tps is None:
+        return None
+    defaults = EngineParams()
+    return EngineParams(
+        prefill_tps=defaults.prefill_tps if args.prefill_tps is None else args.prefill_tps,
+        decode_tps=defaults.decode_tps if args.decode_tps is None else args.decode_tps,
+        batch_slowdown=args.batch_slowdown,
+        block_size=args.block_size,
+        num_blocks=max(1, args.kv_cache_tokens // max(1, args.block_size)),
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        prefix_caching=args.prefix_caching,
+    )
+
+
 def options_from_args(args: argparse.Namespace) -> SimOptions:
     config = SimConfig(
         fault=parse_fault(args.fault),
@@ -115,6 +155,9 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         error_style=args.error_style,
         max_num_seqs=args.max_num_seqs,
         kv_cache_tokens=args.kv_cache_tokens,
+        engine=engine_params(args),
+        prompt_tokens_details=args.enable_prompt_tokens_details,
+        serve_metrics=args.serve_metrics,
         dcgm=args.dcgm,
         gpu_indices=tuple(args.gpu_indices or [0]),
         gpu_model=args.gpu_model,
@@ -135,9 +178,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    for flag in ("embedding_dim", "max_num_seqs", "kv_cache_tokens", "gpu_memory_mib"):
+    for flag in ("embedding_dim", "max_num_seqs", "kv_cache_tokens", "gpu_memory_mib", "block_size",
+                 "max_num_batched_tokens"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    params = engine_params(args)
+    if params is not None:
+        try:
+            params.validate()
+        except ValueError as exc:
+            parser.error(f"engine model: {exc}")
+        if params.num_blocks * params.block_size < args.max_model_len:
+            # vLLM refuses to start when one sequence of max_model_len cannot fit in the KV cache
+            parser.error(f"--kv-cache-tokens ({params.num_blocks * params.block_size} usable in blocks of "
+                         f"{params.block_size}) must hold --max-model-len ({args.max_model_len})")
     from gateway.simulator.server import run
 
     run(options_from_args(args), args.host, args.port, args.shutdown_timeout)

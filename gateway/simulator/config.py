@@ -11,7 +11,10 @@ import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.simulator.engine import EngineParams
 
 # Fault names; "none" (or null) means no fault.
 FAULTS: tuple[str, ...] = ("500", "502", "503", "429", "hang", "drop", "reset", "context", "truncate")
@@ -76,6 +79,9 @@ class SimOptions:
     hostname: str = field(default_factory=socket.gethostname)
     seed: int = 0
     config: SimConfig = field(default_factory=SimConfig)
+    engine: EngineParams | None = None  # the engine model (gateway/simulator/engine.py); None = ttft/tps timing
+    prompt_tokens_details: bool = False  # vLLM's --enable-prompt-tokens-details: usage.prompt_tokens_details
+    serve_metrics: bool = True  # False: no /metrics (404), like an OpenAI-compatible server without Prometheus
 
     def gpus(self) -> tuple[GpuInfo, ...]:
         return tuple(GpuInfo(i, self.gpu_model, self.hostname, self.gpu_memory_mib) for i in self.gpu_indices)

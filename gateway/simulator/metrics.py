@@ -5,6 +5,8 @@ without --strict-models, are counted under the first served name). Gauges are co
 time from the live load, so the hot path only touches plain integers and a few counters.
 DCGM series (`DCGM_FI_DEV_FB_USED`, `DCGM_FI_DEV_FB_FREE` in MiB, `DCGM_FI_DEV_GPU_UTIL` in %)
 carry dcgm-exporter's labels `gpu`, `UUID`, `pci_bus_id`, `device`, `modelName`, `Hostname`.
+With the engine model (`engine`), running, waiting, KV usage and GPU busy time come from it, and it
+registers vLLM's engine series (prefix cache, queue and phase timings) in the same registry.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.simulator.config import GpuInfo
+
+if TYPE_CHECKING:
+    from gateway.simulator.engine import SimEngine
 
 TTFT_BUCKETS = (
     0.001,
@@ -142,6 +148,7 @@ class SimMetrics:
         }
         self.default = self.models[models[0]]
         self._busy = _Busy()
+        self.engine: SimEngine | None = None  # with the engine model: running, waiting, KV and busy time from it
         self.registry.register(_LoadCollector(self))
         ProcessCollector(registry=self.registry)
 
@@ -167,6 +174,8 @@ class SimMetrics:
             busy.total += time.monotonic() - busy.since
 
     def kv_usage(self) -> float:
+        if self.engine is not None:
+            return self.engine.kv_usage()
         used = sum(m.kv_tokens for m in self.models.values())
         return min(1.0, used / self.kv_cache_tokens)
 
@@ -174,7 +183,10 @@ class SimMetrics:
         """Percent of wall time with a request running since the previous scrape."""
         busy = self._busy
         now = time.monotonic()
-        total = busy.total + (now - busy.since if busy.active else 0.0)
+        if self.engine is not None:
+            total = self.engine.busy_seconds()
+        else:
+            total = busy.total + (now - busy.since if busy.active else 0.0)
         elapsed = now - busy.last_at
         util = 100.0 * (total - busy.last_total) / elapsed if elapsed > 0 else 0.0
         busy.last_at, busy.last_total = now, total
@@ -212,9 +224,11 @@ class _LoadCollector(Collector):
             labels=["model_name"],
         )
         usage = m.kv_usage()
+        counts = m.engine.counts() if m.engine is not None else None
         for load in m.models.values():
-            running.add_metric([load.name], load.running)
-            waiting.add_metric([load.name], load.waiting)
+            r, w = (load.running, load.waiting) if counts is None else counts.get(load.name, (0, 0))
+            running.add_metric([load.name], r)
+            waiting.add_metric([load.name], w)
             kv.add_metric([load.name], usage)
             gpu_cache.add_metric([load.name], usage)
         yield from (running, waiting, kv, gpu_cache)

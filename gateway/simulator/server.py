@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gateway import safejson, sse
 from gateway.simulator import faults, generation, messages, responses, tokens
 from gateway.simulator.config import DROP_FAULTS, SimConfig, SimOptions
+from gateway.simulator.engine import SimEngine
 from gateway.simulator.faults import SimError
 from gateway.simulator.metrics import ModelLoad, SimMetrics
 
@@ -90,6 +91,8 @@ class Job:
     inputs: list[list[str]] | None = None  # embeddings: the words of each input
     encoding: str = "float"  # embeddings: "float" or "base64"
     dim: int = 0  # embeddings: vector size
+    body: Any = None  # the parsed request (the engine model reads the prompt's token ids from it)
+    seq: Any = None  # the request inside the engine model (engine.Seq), when there is one
 
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -107,6 +110,8 @@ class Simulator:
             options.models, options.kv_cache_tokens, options.gpus() if options.dcgm else ()
         )
         self.slots = asyncio.Semaphore(options.max_num_seqs)
+        self.engine = SimEngine(options.engine, self.metrics.registry, options.models) if options.engine else None
+        self.metrics.engine = self.engine
         self.created = int(time.time())
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
@@ -120,7 +125,8 @@ class Simulator:
         messages.MessagesAPI(self).add_routes(router)
         router.add_get("/health", self.health)
         router.add_get("/version", self.version)
-        router.add_get("/metrics", self.prometheus)
+        if self.options.serve_metrics:
+            router.add_get("/metrics", self.prometheus)
         router.add_get("/sim/config", self.get_config)
         router.add_post("/sim/config", self.set_config)
         router.add_get("/sim/stats", self.get_stats)
@@ -200,6 +206,10 @@ class Simulator:
     @contextlib.asynccontextmanager
     async def _slot(self, job: Job) -> AsyncIterator[None]:
         """Wait for a free sequence slot (vllm:num_requests_waiting), then count as running."""
+        if self.engine is not None and job.kind != "embedding":  # the engine model queues and paces it
+            async with self.engine.admit(job):
+                yield
+            return
         load = job.load
         load.waiting += 1
         try:
@@ -314,20 +324,28 @@ class Simulator:
         await resp.write(event + DONE)
 
     # ---- generation --------------------------------------------------------------------------
-    def _usage(self, job: Job) -> dict[str, int]:
+    def _usage(self, job: Job) -> dict[str, Any]:
         p, c = job.prompt.tokens, job.n
-        return {"prompt_tokens": p, "total_tokens": p + c, "completion_tokens": c}
+        usage: dict[str, Any] = {"prompt_tokens": p, "total_tokens": p + c, "completion_tokens": c}
+        if self.options.prompt_tokens_details and job.seq is not None and job.seq.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": job.seq.cached_tokens}
+        return usage
 
     async def _plain(self, job: Job) -> web.Response:
         cfg = job.cfg
         async with self._slot(job):
-            if cfg.ttft > 0:
+            if job.seq is not None:
+                await SimEngine.wait(job.seq, 1)
+            elif cfg.ttft > 0:
                 await asyncio.sleep(cfg.ttft)
             job.load.ttft.observe(time.monotonic() - job.arrived)
-            if cfg.tps > 0 and job.n > 1:
+            if job.seq is not None:
+                await SimEngine.wait(job.seq, job.n)
+            elif cfg.tps > 0 and job.n > 1:
                 await asyncio.sleep((job.n - 1) / cfg.tps)
             text = "".join(self._tokens(job))
-            usage: dict[str, Any] = {**self._usage(job), "prompt_tokens_details": None}
+            usage = self._usage(job)
+            usage.setdefault("prompt_tokens_details", None)
             choice: dict[str, Any]
             if job.kind == "chat":
                 message = {
@@ -427,7 +445,10 @@ class Simulator:
     ) -> None:
         cfg = job.cfg
         loop = asyncio.get_running_loop()
-        if cfg.ttft > 0:
+        seq = job.seq
+        if seq is not None:
+            await SimEngine.wait(seq, 1)
+        elif cfg.ttft > 0:
             await asyncio.sleep(cfg.ttft)
         first_at = loop.time()
         job.load.ttft.observe(time.monotonic() - job.arrived)
@@ -437,7 +458,11 @@ class Simulator:
             if i == fault_at and fault is not None:
                 await _flush(resp, pending)
                 return await self._mid_stream_fault(request, resp, job, fault)
-            if cfg.tps > 0 and i > 0:
+            if seq is not None:
+                if seq.generated <= i:  # the engine's next step brings the next token
+                    await _flush(resp, pending)
+                    await SimEngine.wait(seq, i + 1)
+            elif cfg.tps > 0 and i > 0:
                 await _flush(resp, pending)
                 delay = first_at + i / cfg.tps - loop.time()
                 if delay > 0:
@@ -508,6 +533,7 @@ class Simulator:
             include_usage,
             id=("chatcmpl-" if kind == "chat" else "cmpl-") + os.urandom(16).hex(),
             created=int(time.time()),
+            body=body,
         )
         if tool is not None:
             return await generation.serve_chat_tool_call(self, request, job, tool, stream, include_usage)
