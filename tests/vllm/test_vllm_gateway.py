@@ -140,6 +140,21 @@ def test_token_counts_equal_vllm_usage(vllm: Vllm, gateway: Proc) -> None:
     assert gateway_tokens(gateway, estimated="true") == est0  # nothing estimated: vLLM always sent usage
 
 
+def test_prefix_cache_details_pass_through(vllm: Vllm, gateway: Proc) -> None:
+    """vLLM's prefix cache (128-token blocks) shows in usage.prompt_tokens_details.cached_tokens
+    (--enable-prompt-tokens-details), which the gateway passes through untouched."""
+    hits = engine_value(vllm, "vllm:prefix_cache_hits_total")
+    messages = [{"role": "system", "content": "You answer briefly. " * 60}, *QUESTION]  # > 2 blocks
+    sdk = client(gateway)
+    first = sdk.chat.completions.create(model="large", messages=messages, max_tokens=1).usage
+    second = sdk.chat.completions.create(model="large", messages=messages, max_tokens=1).usage
+    assert first is not None and second is not None and first.prompt_tokens == second.prompt_tokens > 256
+    assert second.prompt_tokens_details is not None
+    cached = second.prompt_tokens_details.cached_tokens
+    assert cached is not None and cached >= 256 and cached % 128 == 0
+    assert engine_value(vllm, "vllm:prefix_cache_hits_total") - hits >= cached
+
+
 # ------------------------------------------------------------------------------------------------ errors
 
 def test_vllm_bad_max_tokens_is_400_invalid_request(gateway: Proc) -> None:
@@ -154,9 +169,10 @@ def test_vllm_bad_max_tokens_is_400_invalid_request(gateway: Proc) -> None:
     assert error_of(info.value)["type"] == "invalid_request_error"
 
 
-@pytest.mark.xfail(strict=True, reason="gateway: an upstream 4xx loses vLLM's `param` (vLLM says "
-                                       "param='max_tokens'; the gateway answers param=null): "
-                                       "gateway/protocol.py error_for_status() sets param None")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "gateway: an upstream 4xx loses vLLM's `param` (vLLM says "
+    "param='max_tokens'; the gateway answers param=null): "
+    "gateway/protocol.py error_for_status() sets param None"))
 def test_vllm_bad_max_tokens_keeps_param(gateway: Proc) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client(gateway).chat.completions.create(model="large", messages=QUESTION, max_tokens=0)
