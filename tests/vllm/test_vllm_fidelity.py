@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.upstream import is_context_error
+from gateway.upstreams.failures import is_context_error
 from scripts import promql
 from tests.helpers import metric_value
 from tests.procs import Proc, start_simulator
