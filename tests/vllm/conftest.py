@@ -26,6 +26,7 @@ from tests.vllm import servers
 
 SMALL_CTX = 512
 LARGE_CTX = 2048
+CONTEXTS = {"small": SMALL_CTX, "large": LARGE_CTX}
 TIMEOUT = 180  # seconds a test may take: a loaded 2-core machine generates ~5-15 tokens/s
 STARTS: dict[str, float] = {}  # seconds each server took to answer, for the summary
 
@@ -33,7 +34,7 @@ STARTS: dict[str, float] = {}  # seconds each server took to answer, for the sum
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
-        if here in Path(str(item.fspath)).parents:
+        if here in item.path.parents:
             item.add_marker(pytest.mark.timeout(TIMEOUT + 2 * servers.START_TIMEOUT))
             if os.environ.get(servers.SKIP_ENV) == "1":
                 item.add_marker(pytest.mark.skip(reason=f"{servers.SKIP_ENV}=1: real-vLLM tier skipped"))
@@ -66,19 +67,18 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vllm]:
     workdir = tmp_path_factory.mktemp("vllm")
     started: list[servers.VllmProc] = []
     try:
-        for name, ctx in (("small", SMALL_CTX), ("large", LARGE_CTX)):
+        for name, ctx in CONTEXTS.items():
             started.append(servers.start_vllm(name, ctx, workdir))
-        for i, proc in enumerate(started):
+        for i, (name, proc) in enumerate(zip(CONTEXTS, started, strict=True)):
             try:
-                STARTS[str(proc.extra["name"])] = servers.wait_ready(proc)
+                STARTS[name] = servers.wait_ready(proc)
             except RuntimeError:
                 if "address already in use" not in proc.log().lower():
                     raise
                 # another process took the free port before vLLM bound it: once more on another one
                 proc.stop()
-                started[i] = servers.start_vllm(str(proc.extra["name"]), int(proc.extra["max_model_len"]),
-                                                workdir)
-                STARTS[str(proc.extra["name"])] = servers.wait_ready(started[i])
+                started[i] = servers.start_vllm(name, CONTEXTS[name], workdir)
+                STARTS[name] = servers.wait_ready(started[i])
     except Exception as exc:  # noqa: BLE001 - fail loudly, with the server's log
         for p in started:
             p.stop()
