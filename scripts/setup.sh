@@ -19,4 +19,5 @@ fi
 
 PIP=(python3 -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" -e ".[dev,demo]"
+./scripts/setup_vllm.sh  # real vLLM (CPU) in its own venv for tests/vllm: docs/vllm.md
 echo "setup done: $(redis-server --version | cut -d' ' -f3), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f3), python $(python3 -c 'import sys; print(sys.version.split()[0])')"

@@ -72,7 +72,7 @@ E2E_BUCKETS = (
     1920.0,
     7680.0,
 )
-FINISHED_REASONS = ("stop", "length", "abort")
+FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")  # vLLM 0.32 exports all five
 FB_BASE_FRACTION = 0.80  # weights + activations: what vLLM pre-allocates besides the KV cache
 FB_KV_FRACTION = 0.10  # KV cache share of the frame buffer, filled in proportion to kv usage
 
