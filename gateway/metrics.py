@@ -77,6 +77,13 @@ class Metrics:
         # labelled children by label values: prometheus-client's labels() validates on every call,
         # a dict lookup is a tenth of that (cleared when the config changes)
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._scrape_collectors: list[Any] = []
+
+    def add_collector(self, collector: Any) -> None:
+        """A collector computed at scrape time in this process (not through the multiprocess files)."""
+        self._scrape_collectors.append(collector)
+        if not self.multiprocess:
+            self.registry.register(collector)
 
     def child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -125,5 +132,7 @@ class Metrics:
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
+            for collector in self._scrape_collectors:
+                registry.register(collector)
             return generate_latest(registry)
         return generate_latest(self.registry)

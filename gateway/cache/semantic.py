@@ -1,0 +1,302 @@
+"""The semantic side of the cache: embedder, matcher and vector index, fed from Redis.
+
+`SemanticIndex` runs in the process that owns the index: the worker itself with one worker (or in
+tests), else the replica's cache process (`process.py`), which the workers reach through
+`client.RemoteSemantic` with the same methods.  Vectors cross this interface as float16 bytes (as they
+are stored in Redis), so a worker never needs numpy for them.
+
+Embeddings are batched: texts asked for while the embedder is busy are embedded together in the next
+run (one ONNX batch, identical texts once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .index import IndexEntry, VectorIndex, cached_analysis
+from .types import CacheSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .embedder import Embedder
+    from .matcher import Matcher
+    from .store import Entry, RedisStore
+
+log = logging.getLogger("gateway.cache")
+
+MAX_BATCH = 32
+
+
+class SemanticUnavailable(Exception):  # noqa: N818 - reads as a state
+    """The semantic side cannot answer now (cache process down or too slow): the request bypasses."""
+
+
+@dataclass(frozen=True)
+class Match:
+    key: str
+    probability: float
+    cosine: float
+
+
+class SemanticBackend(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def wait_ready(self, timeout: float) -> None: ...
+    async def embed(self, text: str) -> bytes: ...
+    async def match(self, namespace: str, partition: str, text: str, vec: bytes | None,
+                    k: int) -> tuple[bytes, list[Match]]: ...
+    async def add(self, namespace: str, partition: str, key: str, text: str, created: float,
+                  expires_at: float | None, vec: bytes) -> None: ...
+    def remove(self, namespace: str, partition: str, key: str) -> None: ...
+    def touch(self, namespace: str, partition: str, key: str) -> None: ...
+    async def drop_namespace(self, namespace: str | None) -> None: ...
+    def entries(self) -> int | None: ...
+
+
+def f16_to_f32(raw: bytes) -> Any:
+    import numpy as np
+
+    return np.frombuffer(raw, dtype="<f2").astype(np.float32)
+
+
+def to_f16(vec: Any) -> bytes:
+    return bytes(vec.astype("<f2").tobytes())
+
+
+class SemanticIndex:
+    """Embedder + matcher + bounded vector index; with ``settings.redis_url`` the index follows Redis.
+
+    ``on_error(kind, exc)`` is called for follower errors (Redis unreachable, ...).
+    """
+
+    def __init__(self, settings: CacheSettings, embedder: Embedder | None, matcher: Matcher | None = None,
+                 follow_redis: bool = True) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self._matcher = matcher
+        self.index = VectorIndex(embedder.dim if embedder is not None else 0, settings.hnsw_min_size,
+                                 settings.index_ef, settings.max_entries)
+        self.redis: RedisStore | None = None
+        self._follow = follow_redis and settings.redis_url is not None
+        self.on_error: Callable[[str, BaseException], None] | None = None
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[bytes]]] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._need_resync = True
+        self._last_id = "0-0"
+        self._follow_ok = True
+
+    @property
+    def matcher(self) -> Matcher:
+        if self._matcher is None:
+            from .matcher import Matcher
+
+            self._matcher = Matcher(floor=self.settings.similarity_threshold)
+        return self._matcher
+
+    # ---- life cycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.embedder is not None:
+            load = getattr(self.embedder, "load", None)
+            if load is not None:
+                await loop.run_in_executor(None, load)
+            self._queue = asyncio.Queue()
+            for i in range(max(1, int(getattr(self.embedder, "workers", 1)))):
+                self._tasks.append(asyncio.create_task(self._embed_loop(), name=f"cache-embed-{i}"))
+        _ = self.matcher
+        self._tasks.append(asyncio.create_task(self._sweep_loop(), name="cache-index-sweep"))
+        if self._follow:
+            from .store import RedisStore
+
+            assert self.settings.redis_url is not None
+            self.redis = RedisStore(self.settings.redis_url, self.settings.key_prefix, self.settings.redis_timeout,
+                                    self.settings.stream_maxlen)
+            self._tasks.append(asyncio.create_task(self._follow_loop(), name="cache-index-follow"))
+        else:
+            self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until the initial index load from Redis is done (tests, benchmarks)."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.close()
+        close = getattr(self.embedder, "close", None)
+        if close is not None:
+            close()
+
+    def _error(self, kind: str, exc: BaseException) -> None:
+        if self.on_error is not None:
+            with contextlib.suppress(Exception):
+                self.on_error(kind, exc)
+
+    # ---- embeddings (batched) ---------------------------------------------------------------------
+    async def embed(self, text: str) -> bytes:
+        """The text's unit vector as float16 bytes."""
+        if self._queue is None:
+            raise SemanticUnavailable("no embedder here: the caller sends vectors")
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((text, fut))
+        return await fut
+
+    async def _embed_loop(self) -> None:
+        assert self._queue is not None and self.embedder is not None
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < MAX_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            texts = list(dict.fromkeys(t for t, _ in batch))
+            try:
+                vecs = await self.embedder.embed(texts)
+                by_text = {t: to_f16(v) for t, v in zip(texts, vecs, strict=True)}
+            except Exception as exc:  # noqa: BLE001 - every waiter gets the error
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for text, fut in batch:
+                if not fut.done():
+                    fut.set_result(by_text[text])
+
+    # ---- lookups and updates ----------------------------------------------------------------------
+    async def match(self, namespace: str, partition: str, text: str, vec: bytes | None,
+                    k: int) -> tuple[bytes, list[Match]]:
+        """Embed ``text`` (unless ``vec`` is given) and return the stored entries the matcher accepts for
+        it, best first, with the vector (float16 bytes) for storing the answer later."""
+        if vec is None:
+            vec = await self.embed(text)
+        cands = self.index.search(namespace, partition, f16_to_f32(vec), k)
+        if not cands:
+            return vec, []
+        query = cached_analysis(text)
+        matcher = self.matcher
+        judged: list[tuple[float, float, str]] = []
+        for cand in cands:
+            if cand.cosine < matcher.min_cosine:
+                continue
+            verdict = matcher.judge(query, cand.entry.get_analysis(), cand.cosine)
+            if verdict.ok:
+                judged.append((verdict.probability, cand.cosine, cand.entry.key))
+        judged.sort(key=lambda pck: (-pck[0], -pck[1]))
+        return vec, [Match(key, prob, cos) for prob, cos, key in judged]
+
+    async def add(self, namespace: str, partition: str, key: str, text: str, created: float,
+                  expires_at: float | None, vec: bytes) -> None:
+        self.index.add(namespace, partition, IndexEntry(key, text, created, expires_at), f16_to_f32(vec))
+
+    def remove(self, namespace: str, partition: str, key: str) -> None:
+        self.index.remove(namespace, partition, key)
+
+    def touch(self, namespace: str, partition: str, key: str) -> None:
+        self.index.touch(namespace, partition, key)
+
+    async def drop_namespace(self, namespace: str | None) -> None:
+        self.index.drop_namespace(namespace)
+
+    def entries(self) -> int:
+        return len(self.index)
+
+    def stats(self) -> dict[str, Any]:
+        return {"entries": len(self.index), "partitions": self.index.partitions(), "ready": self.ready,
+                "max_entries": self.index.max_entries, "evicted": self.index.evicted}
+
+    # ---- the Redis feed ---------------------------------------------------------------------------
+    def _index_entries(self, entries: list[Entry], index: VectorIndex) -> None:
+        groups: dict[tuple[str, str], list[tuple[IndexEntry, Any]]] = {}
+        for e in entries:
+            if e.partition is None or e.vector is None or e.text is None:
+                continue
+            groups.setdefault((e.namespace, e.partition), []).append(
+                (IndexEntry(e.key, e.text, e.created, e.expires_at), f16_to_f32(e.vector)))
+        for (ns, part), items in groups.items():
+            index.add_many(ns, part, items)
+
+    async def _resync(self) -> None:
+        """Rebuild the index from Redis into a new object and swap it in (lookups keep the old one meanwhile).
+        Only the newest ``max_entries`` entries are loaded, oldest first (so the newest are the most
+        recently used)."""
+        assert self.redis is not None
+        loop = asyncio.get_running_loop()
+        last = await self.redis.last_event_id()
+        limit = self.index.max_entries
+        newest: list[tuple[float, int, Entry]] = []  # a min-heap of at most `limit` entries
+        seq = 0
+        async for batch in self.redis.scan_semantic():
+            for e in batch:
+                seq += 1
+                item = (e.created, seq, e)
+                if limit is None or len(newest) < limit:
+                    heapq.heappush(newest, item)
+                elif item > newest[0]:
+                    heapq.heapreplace(newest, item)
+        fresh = VectorIndex(self.index.dim, self.settings.hnsw_min_size, self.settings.index_ef, limit)
+        ordered = [e for _, _, e in sorted(newest)]
+        newest.clear()
+        for start in range(0, len(ordered), 1000):
+            await loop.run_in_executor(None, self._index_entries, ordered[start:start + 1000], fresh)
+        self.index = fresh
+        self._last_id = last
+        self._need_resync = False
+        self._ready.set()
+
+    async def _follow_loop(self) -> None:
+        assert self.redis is not None
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            try:
+                if self._need_resync:
+                    await self._resync()
+                    if not self._follow_ok:
+                        log.info("semantic index: following Redis again (%d entries)", len(self.index))
+                    self._follow_ok = True
+                    continue
+                events = await self.redis.read_events(self._last_id, block_ms=1000)
+                adds: list[str] = []
+                for event_id, fields in events:
+                    self._last_id = event_id
+                    op = fields.get(b"op")
+                    if op == b"add":
+                        adds.append(fields[b"k"].decode())
+                    elif op == b"clear":
+                        ns = fields.get(b"ns", b"*").decode()
+                        self.index.drop_namespace(None if ns == "*" else ns)
+                if adds:
+                    entries = await self.redis.fetch_index_fields(adds)
+                    await loop.run_in_executor(None, self._index_entries, entries, self.index)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self._error("follow", exc)
+                if self._follow_ok:
+                    log.warning("semantic index: cannot follow Redis (%r); it reloads when Redis answers", exc)
+                self._follow_ok = False
+                self._need_resync = True  # events may be lost (or Redis restarted empty): reload
+                await asyncio.sleep(self.settings.redis_retry_interval)
+
+    async def _sweep_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            await asyncio.sleep(60)
+            await loop.run_in_executor(None, self.index.sweep, time.time())
