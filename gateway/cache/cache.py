@@ -15,7 +15,7 @@ from .embedder import Embedder, MiniLMEmbedder
 from .index import VectorIndex
 from .keys import PreparedKeys, namespace_tag, prepare
 from .matcher import Matcher
-from .semantic import SemanticBackend, SemanticIndex, SemanticUnavailable
+from .semantic import SemanticBackend, SemanticBusy, SemanticIndex, SemanticUnavailable
 from .store import Entry, MemoryStore, RedisStore
 from .types import CacheRequest, CacheResult, CacheSettings
 
@@ -129,7 +129,7 @@ class ResponseCache:
             from .client import CacheClient, RemoteSemantic, RemoteStore
 
             self.client = CacheClient(self.remote, self.settings.process_timeout)
-            if not await self.client.connect(wait=15.0):
+            if not await self.client.connect(wait=self.settings.process_start_wait):
                 log.warning("response cache: the cache process (%s) does not answer yet: bypassing until it does",
                             self.remote)
         if self.settings.redis_url:
@@ -273,7 +273,9 @@ class ResponseCache:
             return await self._semantic_lookup(req, keys, now)
         except SemanticUnavailable as exc:
             self._record_error("cache_process", exc)
-            return CacheResult("bypass", reason="cache-process-down")
+            req.prepared["sem_failed"] = True  # the store then keeps the answer for exact hits only
+            return CacheResult("bypass", reason="cache-process-busy" if isinstance(exc, SemanticBusy)
+                               else "cache-process-down")
         except Exception as exc:  # noqa: BLE001
             self._record_error("semantic", exc)
             return CacheResult("bypass" if self.redis is not None and not self.redis_up else "miss",
@@ -326,7 +328,7 @@ class ResponseCache:
         vec: bytes | None = None
         if self.sem is not None and keys.partition and keys.text and keys.temperature_ok:
             vec = req.prepared.get("vec")
-            if vec is None:
+            if vec is None and not req.prepared.get("sem_failed"):  # (no second try at an overloaded embedder)
                 try:
                     vec = await self.sem.embed(keys.text)
                 except SemanticUnavailable as exc:  # stored for exact hits only

@@ -136,6 +136,10 @@ class CacheClient:
             raise SemanticUnavailable(f"cache process error: {reply.get('e')}")
         return reply, reply_blobs
 
+    def deadline(self) -> float:
+        """Wall-clock time after which an answer is no use (same host: the cache process drops the work)."""
+        return time.time() + 0.9 * self.timeout
+
     def send(self, op: Op, meta: dict[str, Any]) -> None:
         """Fire and forget (no reply): dropped when not connected."""
         if self.connected:
@@ -198,14 +202,15 @@ class RemoteSemantic:
     async def embed(self, text: str) -> bytes:
         if self.embedder is not None:
             return await self._local_vec(text)
-        _, blobs = await self.client.call(Op.EMBED, {"t": text})
+        _, blobs = await self.client.call(Op.EMBED, {"t": text, "d": self.client.deadline()})
         return blobs[0]
 
     async def match(self, namespace: str, partition: str, text: str, vec: bytes | None,
                     k: int) -> tuple[bytes, list[Match]]:
         if vec is None and self.embedder is not None:
             vec = await self._local_vec(text)
-        reply, blobs = await self.client.call(Op.MATCH, {"ns": namespace, "p": partition, "t": text, "k": k},
+        reply, blobs = await self.client.call(Op.MATCH, {"ns": namespace, "p": partition, "t": text, "k": k,
+                                                         "d": self.client.deadline()},
                                               (vec,) if vec is not None else ())
         return blobs[0], [Match(str(m[0]), float(m[1]), float(m[2])) for m in reply.get("m", ())]
 

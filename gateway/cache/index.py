@@ -28,7 +28,7 @@ from .types import DEFAULT_MAX_ENTRIES
 
 _COMPACT_MIN_CAPACITY = 2048  # graphs at least this big are rebuilt when under a quarter full
 
-cached_analysis = functools.lru_cache(maxsize=2048)(analyse)
+cached_analysis = functools.lru_cache(maxsize=256)(analyse)  # ~10 kB each
 
 
 @dataclass(slots=True)

@@ -25,6 +25,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from .semantic import SemanticUnavailable
 from .types import CacheSettings
 
 log = logging.getLogger("gateway.cache")
@@ -54,6 +55,8 @@ class CacheServer:
                        if settings.redis_url is None else None)
         self._server: asyncio.AbstractServer | None = None
         self._stop = asyncio.Event()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.listening = asyncio.Event()
 
     async def serve(self) -> None:
         if self.sem is not None:
@@ -62,11 +65,14 @@ class CacheServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         self._server = await asyncio.start_unix_server(self._handle, path=self.path)
+        self.listening.set()
         log.info("cache process %d: serving %s (semantic index: %s, max_entries %s, store: %s)", os.getpid(),
                  self.path, "on" if self.sem else "off", self.settings.max_entries,
                  "redis" if self.memory is None else "in-process")
         await self._stop.wait()
         self._server.close()
+        for writer in list(self._writers):
+            writer.close()
         if self.sem is not None:
             await self.sem.close()
 
@@ -77,11 +83,14 @@ class CacheServer:
         from .protocol import Op, pack, read_frame
 
         tasks: set[asyncio.Task[None]] = set()
+        self._writers.add(writer)
 
         async def answer(rid: int, op: int, meta: dict[str, Any], blobs: list[bytes]) -> None:
             try:
                 reply, out = await self._op(op, meta, blobs)
                 frame = pack(rid, Op.OK, reply, out)
+            except SemanticUnavailable as exc:  # busy: shed on purpose (counted in STATS)
+                frame = pack(rid, Op.ERR, {"e": str(exc)})
             except Exception as exc:  # noqa: BLE001 - the worker bypasses; the process keeps serving
                 log.warning("cache process: %s failed: %r", Op(op).name if op in Op.__members__.values() else op,
                             exc)
@@ -100,6 +109,7 @@ class CacheServer:
         except Exception as exc:  # noqa: BLE001 - a bad frame: drop this connection only
             log.warning("cache process: closing a connection: %r", exc)
         finally:
+            self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
 
@@ -110,11 +120,12 @@ class CacheServer:
         sem = self.sem
         if op == Op.MATCH:
             assert sem is not None
-            vec, matches = await sem.match(m["ns"], m["p"], m["t"], blobs[0] if blobs else None, int(m["k"]))
+            vec, matches = await sem.match(m["ns"], m["p"], m["t"], blobs[0] if blobs else None, int(m["k"]),
+                                           m.get("d"))
             return {"m": [[x.key, x.probability, x.cosine] for x in matches]}, (vec,)
         if op == Op.EMBED:
             assert sem is not None
-            return {}, (await sem.embed(m["t"]),)
+            return {}, (await sem.embed(m["t"], m.get("d")),)
         if op == Op.ADD:
             assert sem is not None
             await sem.add(m["ns"], m["p"], m["key"], m["t"], float(m["c"]), m.get("x"), blobs[0])
@@ -164,7 +175,7 @@ def _embedder_for(config: Any, settings: CacheSettings) -> Any | None:
         return None
     from .embedder import MiniLMEmbedder
 
-    return MiniLMEmbedder(workers=settings.embed_workers or min(2, os.cpu_count() or 1))
+    return MiniLMEmbedder(workers=settings.embed_workers or min(4, os.cpu_count() or 1))
 
 
 def cache_process_main(settings_data: dict[str, Any], path: str) -> None:

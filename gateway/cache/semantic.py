@@ -6,7 +6,10 @@ tests), else the replica's cache process (`process.py`), which the workers reach
 are stored in Redis), so a worker never needs numpy for them.
 
 Embeddings are batched: texts asked for while the embedder is busy are embedded together in the next
-run (one ONNX batch, identical texts once).
+run (one ONNX batch, identical texts once).  A caller may give a deadline (the workers do: their
+timeout): a text that would wait past it, by the measured time per text and the queue ahead of it, is
+refused at once (`SemanticBusy`), and one whose deadline passes in the queue is dropped, so an overloaded
+embedder sheds load (those requests bypass) instead of building a queue of answers nobody waits for.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,11 +34,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("gateway.cache")
 
-MAX_BATCH = 32
+MAX_BATCH = 8  # texts per ONNX run (fewer when a deadline in the batch is near)
 
 
 class SemanticUnavailable(Exception):  # noqa: N818 - reads as a state
     """The semantic side cannot answer now (cache process down or too slow): the request bypasses."""
+
+
+class SemanticBusy(SemanticUnavailable):
+    """The embedder could not answer before the caller's deadline: refused at once (or dropped from the
+    queue once expired) instead of computing answers nobody waits for."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,13 @@ class SemanticIndex:
         self.redis: RedisStore | None = None
         self._follow = follow_redis and settings.redis_url is not None
         self.on_error: Callable[[str, BaseException], None] | None = None
-        self._queue: asyncio.Queue[tuple[str, asyncio.Future[bytes]]] | None = None
+        self._queue: deque[tuple[str, asyncio.Future[bytes], float | None]] | None = None
+        self._wakeup = asyncio.Event()
+        self._embed_workers = 1
+        self._per_text = 0.005      # seconds per text, measured (moving average)
+        self._measured = False
+        self._embedding = 0         # texts in a run right now
+        self.shed = 0               # texts refused or dropped for their deadline
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
         self._closed = False
@@ -108,8 +123,9 @@ class SemanticIndex:
             load = getattr(self.embedder, "load", None)
             if load is not None:
                 await loop.run_in_executor(None, load)
-            self._queue = asyncio.Queue()
-            for i in range(max(1, int(getattr(self.embedder, "workers", 1)))):
+            self._queue = deque()
+            self._embed_workers = max(1, int(getattr(self.embedder, "workers", 1)))
+            for i in range(self._embed_workers):
                 self._tasks.append(asyncio.create_task(self._embed_loop(), name=f"cache-embed-{i}"))
         _ = self.matcher
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="cache-index-sweep"))
@@ -152,41 +168,73 @@ class SemanticIndex:
                 self.on_error(kind, exc)
 
     # ---- embeddings (batched) ---------------------------------------------------------------------
-    async def embed(self, text: str) -> bytes:
-        """The text's unit vector as float16 bytes."""
+    async def embed(self, text: str, deadline: float | None = None) -> bytes:
+        """The text's unit vector as float16 bytes; ``deadline`` (``time.time()``) sheds load (see above)."""
         if self._queue is None:
             raise SemanticUnavailable("no embedder here: the caller sends vectors")
+        if deadline is not None:
+            ahead = len(self._queue) + self._embedding
+            if time.time() + (ahead / self._embed_workers + 1) * self._per_text > deadline:
+                self.shed += 1
+                raise SemanticBusy(f"embedder busy ({ahead} texts ahead)")
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((text, fut))
+        self._queue.append((text, fut, deadline))
+        self._wakeup.set()
         return await fut
 
     async def _embed_loop(self) -> None:
         assert self._queue is not None and self.embedder is not None
         queue = self._queue
         while True:
-            batch = [await queue.get()]
-            while len(batch) < MAX_BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
-            texts = list(dict.fromkeys(t for t, _ in batch))
+            while not queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # one ONNX run: the oldest texts, as many as can finish before the earliest deadline among them
+            now = time.time()
+            live: list[tuple[str, asyncio.Future[bytes], float | None]] = []
+            earliest: float | None = None
+            while queue and len(live) < MAX_BATCH:
+                if earliest is not None and now + (len(live) + 1) * self._per_text > earliest:
+                    break
+                item = queue.popleft()
+                if item[1].done():
+                    continue
+                if item[2] is not None and item[2] < now + self._per_text:
+                    self.shed += 1
+                    item[1].set_exception(SemanticBusy("deadline passed in the embedder's queue"))
+                    continue
+                live.append(item)
+                if item[2] is not None:
+                    earliest = item[2] if earliest is None else min(earliest, item[2])
+            if not live:
+                continue
+            texts = list(dict.fromkeys(t for t, _, _ in live))
+            self._embedding += len(texts)
+            t0 = time.perf_counter()
             try:
                 vecs = await self.embedder.embed(texts)
                 by_text = {t: to_f16(v) for t, v in zip(texts, vecs, strict=True)}
             except Exception as exc:  # noqa: BLE001 - every waiter gets the error
-                for _, fut in batch:
+                for _, fut, _ in live:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            for text, fut in batch:
+            finally:
+                self._embedding -= len(texts)
+            took = (time.perf_counter() - t0) / len(texts)
+            self._per_text = took if not self._measured else 0.8 * self._per_text + 0.2 * took
+            self._measured = True
+            for text, fut, _ in live:
                 if not fut.done():
                     fut.set_result(by_text[text])
 
     # ---- lookups and updates ----------------------------------------------------------------------
     async def match(self, namespace: str, partition: str, text: str, vec: bytes | None,
-                    k: int) -> tuple[bytes, list[Match]]:
+                    k: int, deadline: float | None = None) -> tuple[bytes, list[Match]]:
         """Embed ``text`` (unless ``vec`` is given) and return the stored entries the matcher accepts for
         it, best first, with the vector (float16 bytes) for storing the answer later."""
         if vec is None:
-            vec = await self.embed(text)
+            vec = await self.embed(text, deadline)
         cands = self.index.search(namespace, partition, f16_to_f32(vec), k)
         if not cands:
             return vec, []
@@ -220,7 +268,8 @@ class SemanticIndex:
 
     def stats(self) -> dict[str, Any]:
         return {"entries": len(self.index), "partitions": self.index.partitions(), "ready": self.ready,
-                "max_entries": self.index.max_entries, "evicted": self.index.evicted}
+                "max_entries": self.index.max_entries, "evicted": self.index.evicted, "shed": self.shed,
+                "embed_ms": round(self._per_text * 1000, 2)}
 
     # ---- the Redis feed ---------------------------------------------------------------------------
     def _index_entries(self, entries: list[Entry], index: VectorIndex) -> None:

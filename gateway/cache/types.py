@@ -45,7 +45,8 @@ class CacheSettings:
     max_entries: int = DEFAULT_MAX_ENTRIES  # semantic index of this replica: LRU bound (cache_params.max_entries)
     local_max_entries: int | None = None  # in-process store (no Redis): LRU bound; None = max_entries
     process_timeout: float = 0.5        # seconds a worker waits for the replica's cache process, then bypasses
-    embed_workers: int = 0              # parallel embedding runs in the cache process (0: min(2, CPUs))
+    process_start_wait: float = 15.0    # seconds a starting worker waits for the cache process to answer
+    embed_workers: int = 0              # parallel embedding runs in the cache process (0: min(4, CPUs))
     stream_maxlen: int = 200_000        # Redis event stream (approximate trim)
     max_text_chars: int = 2_000         # longer last messages are cached exactly only
     embedder: Embedder | None = field(default=None, compare=False, hash=False)  # default: MiniLM int8
