@@ -133,6 +133,15 @@ async def test_overloaded_embedder_sheds_instead_of_queueing() -> None:
         assert max(ok) < 0.3  # served ones were served in time
         assert sum(emb.calls[1:]) == len(ok)  # shed texts were never embedded
         assert sem.shed == len(busy)
+        # a stall (one text took longer than any deadline) does not shut the embedder for good: an idle
+        # embedder always takes the next text, and that measurement replaces the stale estimate
+        emb.delay = 0.5
+        await sem.embed("a stalled run")
+        emb.delay = 0.001
+        await sem.embed("accepted although the estimate says 0.5 s", deadline=time.time() + 0.2)
+        done = await asyncio.gather(*(sem.embed(f"fast {i}", deadline=time.time() + 0.2) for i in range(20)),
+                                    return_exceptions=True)
+        assert all(isinstance(d, bytes) for d in done)
     finally:
         await sem.close()
 

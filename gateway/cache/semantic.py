@@ -172,8 +172,8 @@ class SemanticIndex:
         """The text's unit vector as float16 bytes; ``deadline`` (``time.time()``) sheds load (see above)."""
         if self._queue is None:
             raise SemanticUnavailable("no embedder here: the caller sends vectors")
-        if deadline is not None:
-            ahead = len(self._queue) + self._embedding
+        ahead = len(self._queue) + self._embedding
+        if deadline is not None and ahead >= self._embed_workers:  # (an idle runner always takes it: re-measures)
             if time.time() + (ahead / self._embed_workers + 1) * self._per_text > deadline:
                 self.shed += 1
                 raise SemanticBusy(f"embedder busy ({ahead} texts ahead)")
@@ -199,7 +199,7 @@ class SemanticIndex:
                 item = queue.popleft()
                 if item[1].done():
                     continue
-                if item[2] is not None and item[2] < now + self._per_text:
+                if item[2] is not None and item[2] < now:
                     self.shed += 1
                     item[1].set_exception(SemanticBusy("deadline passed in the embedder's queue"))
                     continue
@@ -222,7 +222,9 @@ class SemanticIndex:
             finally:
                 self._embedding -= len(texts)
             took = (time.perf_counter() - t0) / len(texts)
-            self._per_text = took if not self._measured else 0.8 * self._per_text + 0.2 * took
+            # down at once (refusing work the embedder could do loses hits), up by halves (one stalled run
+            # does not shut it)
+            self._per_text = took if not self._measured or took < self._per_text else (self._per_text + took) / 2
             self._measured = True
             for text, fut, _ in live:
                 if not fut.done():
