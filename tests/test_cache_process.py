@@ -145,4 +145,14 @@ def test_without_redis_the_workers_share_one_store(make_sim: Callable[..., Proc]
     r = httpx.delete(f"{gw.url}/cache", headers={"Authorization": f"Bearer {MASTER}"}, timeout=10)
     assert r.status_code == 200 and r.json()["deleted"] == 1
     assert ask(gw, q) == "MISS"
-    assert metric_value(metrics(gw), "oss_cache_entries") <= 1  # the MISS just above may be stored again
+    eventually(lambda: metric_value(metrics(gw), "oss_cache_entries") == 1, 10, "the MISS is not stored again")
+
+
+def test_one_worker_keeps_the_index_in_process(make_sim: Callable[..., Proc],
+                                               make_gateway: Callable[..., Proc]) -> None:
+    sim = make_sim()
+    gw = make_gateway(config(sim, type="local-semantic", max_entries=3), workers=1)
+    assert children(gw.popen.pid) == []  # no cache process
+    for i in range(5):
+        assert ask(gw, f"Single worker question {i} {uuid.uuid4().hex[:6]}") == "MISS"
+    eventually(lambda: metric_value(metrics(gw), "oss_cache_entries") == 3, 10, "index not at its bound of 3")
