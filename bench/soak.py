@@ -211,6 +211,17 @@ def roles(root: int) -> dict[str, list[int]]:
     return out
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: shared pages (libpython, libraries) split among the processes sharing them."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def metric(text: str, name: str) -> float | None:
     for line in text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
@@ -314,6 +325,7 @@ class Soak:
         self.cpu["simulator"] = sum(cpu_seconds(p) for p in process_tree(self.sim_pid))
         rss = {role: sum(rss_bytes(p) for p in pids) for role, pids in by_role.items()}
         rss["total"] = sum(rss.values())
+        rss["pss total"] = sum(pss_bytes(p) for pids in by_role.values() for p in pids)
         counts = {role: len(pids) for role, pids in by_role.items()}
         for pid in by_role["workers"]:
             rss[f"worker {pid}"] = rss_bytes(pid)
@@ -369,9 +381,9 @@ class Soak:
                  f"{self.a.paraphrase:.0%}; {self.a.keys} virtual keys in {self.a.teams} teams; RSS = VmRSS summed "
                  "over the gateway's process tree (supervisor, workers, cache process, resource tracker).", "",
                  "| t (s) | sent | answered | statuses | x-gateway-cache | errors | skipped | p50 ms | p95 ms | "
-                 "RSS total MB | cache proc MB | workers MB | supervisor+other MB | oss_cache_entries | "
+                 "RSS total MB | PSS total MB | cache proc MB | workers MB | supervisor+other MB | oss_cache_entries | "
                  "Redis used MB | cache errors | CPU % of a core |",
-                 "| ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+                 "| ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
                  "| ---: | --- |"]
         for i, x in enumerate(s):
             w = x.window
@@ -379,7 +391,8 @@ class Soak:
             lines.append(
                 f"| {x.t:.0f} | {w.sent} | {w.answered} | {fmt_counter(w.status)} | {fmt_counter(w.cache)} | "
                 f"{fmt_counter(w.errors)} | {w.skipped} | {pct(w.latencies, .5):.1f} | {pct(w.latencies, .95):.1f} | "
-                f"{x.rss['total'] / MB:.1f} | {x.rss['cache process'] / MB:.1f} | {x.rss['workers'] / MB:.1f} | "
+                f"{x.rss['total'] / MB:.1f} | {x.rss['pss total'] / MB:.1f} | {x.rss['cache process'] / MB:.1f} | "
+                f"{x.rss['workers'] / MB:.1f} | "
                 f"{(x.rss['supervisor'] + x.rss['other']) / MB:.1f} | "
                 f"{'-' if x.entries is None else f'{x.entries:.0f}'} | "
                 f"{'-' if x.redis_used is None else f'{x.redis_used / MB:.1f}'} | "
@@ -404,7 +417,8 @@ class Soak:
                   f"{' + '.join(f'{v / MB:.1f}' for v in workers)} MB (max {max(workers, default=0) / MB:.1f}), "
                   f"supervisor {end.rss['supervisor'] / MB:.1f} MB, resource tracker {end.rss['other'] / MB:.1f} MB; "
                   f"total {end.rss['total'] / MB:.1f} MB vs cache process + {len(workers)} x 80 MB = "
-                  f"{(end.rss['cache process'] + len(workers) * 80 * MB) / MB:.1f} MB.",
+                  f"{(end.rss['cache process'] + len(workers) * 80 * MB) / MB:.1f} MB (PSS of the tree: "
+                  f"{end.rss['pss total'] / MB:.1f} MB; RSS counts shared library pages once per process).",
                   f"Gateway log: {log.count('Redis unreachable')} 'Redis unreachable', "
                   f"{log.count('cache process unreachable')} 'cache process unreachable', "
                   f"{log.count(' exited with ')} process exits, {log.count('Traceback')} tracebacks."]

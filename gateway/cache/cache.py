@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .backend import SemanticBackend, SemanticBusy, SemanticUnavailable
 from .embedder import Embedder, MiniLMEmbedder
-from .index import VectorIndex
 from .keys import PreparedKeys, namespace_tag, prepare
-from .matcher import Matcher
-from .semantic import SemanticBackend, SemanticBusy, SemanticIndex, SemanticUnavailable
 from .store import Entry, MemoryStore, RedisStore
 from .types import CacheRequest, CacheResult, CacheSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import CacheClient, RemoteStore
+    from .index import VectorIndex
+    from .matcher import Matcher
 
 log = logging.getLogger("gateway.cache")
 
@@ -108,15 +108,18 @@ class ResponseCache:
     @property
     def matcher(self) -> Matcher:
         if self._matcher is None:
+            from .matcher import Matcher
+
             self._matcher = Matcher(floor=self.settings.similarity_threshold)
         return self._matcher
 
     @property
     def index(self) -> VectorIndex:
         """The in-process index (tests); not available with a cache process."""
-        if not isinstance(self.sem, SemanticIndex):
+        index = getattr(self.sem, "index", None)
+        if index is None:
             raise RuntimeError("the semantic index is not in this process")
-        return self.sem.index
+        return index
 
     @property
     def backend(self) -> str:
@@ -152,6 +155,8 @@ class ResponseCache:
         if self.client is not None:
             self.sem = RemoteSemantic(self.client, self._embedder if self._own_embedder else None)
         else:
+            from .semantic import SemanticIndex
+
             sem = SemanticIndex(self.settings, self.embedder, self.matcher)
             sem.on_error = self._record_error
             self.sem = sem
@@ -366,7 +371,8 @@ class ResponseCache:
         return self.sem.entries()
 
     def stats(self) -> dict[str, Any]:
-        partitions = self.sem.index.partitions() if isinstance(self.sem, SemanticIndex) else None
+        index = getattr(self.sem, "index", None)
+        partitions = index.partitions() if index is not None else None
         return {"backend": self.backend, "semantic": self.semantic, "redis_up": self.redis_up,
                 "errors_total": self.errors_total, "index_entries": self.index_entries() or 0,
                 "index_partitions": partitions, "cache_process": self.remote}

@@ -16,8 +16,8 @@ import socket
 import time
 from typing import Any
 
+from .backend import Match, SemanticUnavailable
 from .protocol import Op, ProtocolError, pack, read_frame, read_frame_sync
-from .semantic import Match, SemanticUnavailable
 from .store import Entry
 
 log = logging.getLogger("gateway.cache")

@@ -25,7 +25,6 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from .semantic import SemanticUnavailable
 from .types import CacheSettings
 
 log = logging.getLogger("gateway.cache")
@@ -80,6 +79,7 @@ class CacheServer:
         self._stop.set()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from .backend import SemanticUnavailable
         from .protocol import Op, pack, read_frame
 
         tasks: set[asyncio.Task[None]] = set()
@@ -95,7 +95,7 @@ class CacheServer:
                 log.warning("cache process: %s failed: %r", Op(op).name if op in Op.__members__.values() else op,
                             exc)
                 frame = pack(rid, Op.ERR, {"e": repr(exc)[:500]})
-            if rid:
+            if rid and not writer.is_closing():
                 writer.write(frame)
 
         try:
@@ -226,7 +226,7 @@ class CacheProcess:
         self.ctx = ctx
         self.settings_data = settings_data
         self.cache = cache
-        self.dir = tempfile.mkdtemp(prefix="gateway-cache-")
+        self.dir = tempfile.mkdtemp(prefix="gateway-cache-")  # mode 0700: only this user can connect
         self.path = str(Path(self.dir) / "cache.sock")
         self.proc: BaseProcess | None = None
         self.restarts = 0

@@ -21,9 +21,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from .backend import Match, SemanticBackend, SemanticBusy, SemanticUnavailable
 from .index import IndexEntry, VectorIndex, cached_analysis
 from .types import CacheSettings
 
@@ -34,38 +34,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("gateway.cache")
 
+__all__ = ["Match", "SemanticBackend", "SemanticBusy", "SemanticIndex", "SemanticUnavailable", "f16_to_f32", "to_f16"]
+
 MAX_BATCH = 8  # texts per ONNX run (fewer when a deadline in the batch is near)
-
-
-class SemanticUnavailable(Exception):  # noqa: N818 - reads as a state
-    """The semantic side cannot answer now (cache process down or too slow): the request bypasses."""
-
-
-class SemanticBusy(SemanticUnavailable):
-    """The embedder could not answer before the caller's deadline: refused at once (or dropped from the
-    queue once expired) instead of computing answers nobody waits for."""
-
-
-@dataclass(frozen=True)
-class Match:
-    key: str
-    probability: float
-    cosine: float
-
-
-class SemanticBackend(Protocol):
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    async def wait_ready(self, timeout: float) -> None: ...
-    async def embed(self, text: str) -> bytes: ...
-    async def match(self, namespace: str, partition: str, text: str, vec: bytes | None,
-                    k: int) -> tuple[bytes, list[Match]]: ...
-    async def add(self, namespace: str, partition: str, key: str, text: str, created: float,
-                  expires_at: float | None, vec: bytes) -> None: ...
-    def remove(self, namespace: str, partition: str, key: str) -> None: ...
-    def touch(self, namespace: str, partition: str, key: str) -> None: ...
-    async def drop_namespace(self, namespace: str | None) -> None: ...
-    def entries(self) -> int | None: ...
 
 
 def f16_to_f32(raw: bytes) -> Any:
