@@ -180,7 +180,7 @@ def _embedder_for(config: Any, settings: CacheSettings) -> Any | None:
 
 def cache_process_main(settings_data: dict[str, Any], path: str) -> None:
     """Entry point of the spawned cache process."""
-    from gateway.config import load_file
+    from gateway.config import ConfigError, load_file
     from gateway.server import setup_logging
     from gateway.settings import Settings
 
@@ -192,7 +192,11 @@ def cache_process_main(settings_data: dict[str, Any], path: str) -> None:
     # sends SIGTERM when they are done
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    config = load_file(settings.config)
+    try:
+        config = load_file(settings.config)
+    except ConfigError as exc:  # edited into an invalid state since the start: the supervisor retries
+        log.error("cache process: cannot load %s: %s", settings.config, "; ".join(exc.problems))
+        raise SystemExit(2) from None
     cs = cache_settings(config.cache, settings.redis_url)
     assert cs is not None
     server = CacheServer(cs, path, _embedder_for(config, cs) if cs.semantic else None)
