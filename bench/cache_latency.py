@@ -93,7 +93,8 @@ async def run(args: argparse.Namespace) -> None:
     redis = start_redis(extra_args=["--maxmemory", "4gb", "--maxmemory-policy", "allkeys-lru"])
     emb = MiniLMEmbedder()
     emb.load()
-    settings = CacheSettings(type="redis-semantic", redis_url=f"redis://127.0.0.1:{redis.port}/0", ttl=None)
+    settings = CacheSettings(type="redis-semantic", redis_url=f"redis://127.0.0.1:{redis.port}/0", ttl=None,
+                             max_entries=2 * args.entries)  # the whole fill in one index
     try:
         writer = ResponseCache(settings, embedder=emb)
         await writer.start()

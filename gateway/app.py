@@ -134,20 +134,16 @@ class Gateway:
         return self.config.max_request_bytes or self.settings.max_request_bytes
 
     def _build_cache(self, config: GatewayConfig) -> Any:
-        cp = config.cache
-        if not cp.enabled:
-            return None
-        from gateway.cache import CacheSettings, ResponseCache
+        from gateway.cache.factory import cache_settings
 
-        local = cp.type.startswith("local")
-        max_temperature = cp.params.get("max_temperature", 0.0)
-        settings = CacheSettings(
-            enabled=True, type=cp.type, ttl=cp.ttl if cp.ttl is not None else CacheSettings.ttl,
-            similarity_threshold=cp.similarity_threshold,
-            redis_url=None if local else (cp.redis_url or self.settings.redis_url),
-            namespace=cp.namespace,
-            max_temperature=float(max_temperature) if isinstance(max_temperature, (int, float)) else 0.0,
-        )
+        settings = cache_settings(config.cache, self.settings.redis_url)
+        if settings is None:
+            return None
+        from gateway.cache import ResponseCache
+        from gateway.cache.gauge import CacheEntriesCollector
+        from gateway.cache.process import SOCKET_ENV
+
+        cp = config.cache
         alias = cp.params.get("redis_semantic_cache_embedding_model")
         embedder = None
         if isinstance(alias, str) and alias:
@@ -156,8 +152,11 @@ class Gateway:
             dim = cp.params.get("embedding_dim")
             embedder = AliasEmbedder(lambda: self.config, self.router, self.upstreams.native, alias,
                                      int(dim) if isinstance(dim, int) else None)
-        cache = ResponseCache(settings, embedder=embedder)
+        # several workers: the replica's cache process (started by the supervisor) holds model and index
+        remote = os.environ.get(SOCKET_ENV) or None if self.settings.workers > 1 else None
+        cache = ResponseCache(settings, embedder=embedder, remote=remote)
         cache.on_error = lambda kind, _exc: self.metrics.cache_errors.labels(kind).inc()
+        self.metrics.add_collector(CacheEntriesCollector(cache))
         return cache
 
     def _engine_targets(self) -> list[EngineTarget]:

@@ -27,6 +27,7 @@ ROUTING_STRATEGIES = frozenset(STRATEGIES)
 LITELLM_ONLY_STRATEGIES = frozenset(
     {"usage-based-routing", "usage-based-routing-v2", "latency-based-routing", "cost-based-routing"}
 )
+MAX_CACHE_ENTRIES = 10_000_000  # cache_params.max_entries: ~3 kB each, so 30 GB of index at most
 CACHE_TYPES = frozenset({"redis-semantic", "redis", "local", "local-semantic", "qdrant-semantic", "s3", "disk"})
 
 _LITELLM_PARAMS_USED = {
@@ -444,9 +445,21 @@ def _parse_cache(ls: Mapping[str, Any], p: _Problems) -> CacheParams:
             auth = f":{password}@" if password else ""
             redis_url = f"redis://{auth}{host}:{port}/0"
     namespace = cp.get("namespace")
+    params = dict(cp)
+    if params.get("max_entries", 0) is None:
+        del params["max_entries"]  # null: the default
+    elif "max_entries" in params:  # the semantic index of a replica holds at most this many (LRU)
+        raw = cp["max_entries"]
+        value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CACHE_ENTRIES:
+            p.error("litellm_settings.cache_params.max_entries",
+                    f"must be a whole number from 1 to {MAX_CACHE_ENTRIES:,}, got {raw!r}")
+            params.pop("max_entries")
+        else:
+            params["max_entries"] = value
     return CacheParams(
         enabled=enabled, type=str(ctype), ttl=ttl, similarity_threshold=thr, redis_url=redis_url,
-        namespace=str(namespace) if namespace is not None else None, params=dict(cp),
+        namespace=str(namespace) if namespace is not None else None, params=params,
     )
 
 

@@ -157,6 +157,13 @@ class Metrics:
         self.live = LiveGauges(LiveState)
         self.registry.register(self.live)
         self._deployments: set[tuple[str, str]] = set()
+        self._scrape_collectors: list[Any] = []  # others computed at scrape time (oss_cache_entries)
+
+    def add_collector(self, collector: Any) -> None:
+        """A collector computed at scrape time in this process (not through the multiprocess files)."""
+        self._scrape_collectors.append(collector)
+        if not self.multiprocess:
+            self.registry.register(collector)
 
     def child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -202,5 +209,7 @@ class Metrics:
             registry = CollectorRegistry()
             registry.register(_CurrentDeployments(MultiProcessCollector(None), lambda: self._deployments))
             registry.register(self.live)
+            for collector in self._scrape_collectors:
+                registry.register(collector)
             return generate_latest(registry)
         return generate_latest(self.registry)

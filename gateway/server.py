@@ -174,6 +174,9 @@ class Supervisor:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
+        from gateway.cache.process import CacheProcess
+
+        cache = CacheProcess.for_settings(self.settings, self.ctx)  # one embedder + index for all workers
         for _ in range(self.settings.workers):
             self.workers.append(self._start_worker())
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked since serve() began
@@ -183,6 +186,8 @@ class Supervisor:
 
         while not self.stopping:
             time.sleep(0.2)
+            if cache is not None:
+                cache.check()
             for i, w in enumerate(self.workers):
                 if not w.is_alive() and not self.stopping:
                     log.warning("worker %s exited with %s: restarting", w.pid, w.exitcode)
@@ -196,6 +201,9 @@ class Supervisor:
                 log.warning("worker %s did not finish within the grace period: killing it", w.pid)
                 w.kill()
                 w.join(5)
+        if cache is not None:
+            cache.stop()
+        self._close_socket()
         return 0
 
 

@@ -239,3 +239,34 @@ async def test_redis_killed_and_restarted(embedder: MiniLMEmbedder) -> None:
     finally:
         await c.close()
         proc.stop()
+
+
+CAPITALS = ["France", "Italy", "Spain", "Japan", "Canada"]
+
+
+async def test_index_bound_and_reload_keep_the_newest(redis_proc: Proc, embedder: MiniLMEmbedder) -> None:
+    """max_entries bounds the index (LRU); Redis keeps every entry until its TTL (exact hits), and a replica
+    that loads its index from Redis takes the newest max_entries."""
+    a = ResponseCache(settings(redis_proc.port, namespace="bound", max_entries=3), embedder=embedder)
+    await a.start()
+    await a.wait_ready()
+    await a.clear(None)
+    try:
+        for country in CAPITALS:
+            await a.store(req(f"What is the capital of {country}?"), answer(country))
+        assert a.index_entries() == 3
+        assert (await a.lookup(req("What is the capital of France?"))).status == "hit"  # still in Redis
+        assert (await a.lookup(req("What's the capital of France?"))).status == "miss"  # out of the index
+        res = await a.lookup(req("What's the capital of Canada?"))
+        assert res.status == "semantic_hit" and content(res.body) == "Canada"
+        b = ResponseCache(settings(redis_proc.port, namespace="bound", max_entries=3), embedder=embedder)
+        await b.start()
+        await b.wait_ready()
+        try:
+            assert b.index_entries() == 3
+            texts = {e.text for part in b.index._parts.values() for e in part.entries.values()}
+            assert texts == {f"What is the capital of {c}?" for c in CAPITALS[2:]}
+        finally:
+            await b.close()
+    finally:
+        await a.close()

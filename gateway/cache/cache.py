@@ -7,16 +7,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .backend import SemanticBackend, SemanticBusy, SemanticUnavailable
 from .embedder import Embedder, MiniLMEmbedder
-from .index import IndexEntry, VectorIndex
 from .keys import PreparedKeys, namespace_tag, prepare
-from .matcher import Analysis, Matcher, analyse
 from .store import Entry, MemoryStore, RedisStore
 from .types import CacheRequest, CacheResult, CacheSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import CacheClient, RemoteStore
+    from .index import VectorIndex
+    from .matcher import Matcher
 
 log = logging.getLogger("gateway.cache")
 
@@ -50,29 +54,33 @@ def _storable(endpoint: str, body: bytes) -> dict[str, Any] | None:
 class ResponseCache:
     """Exact + semantic response cache (see docs/cache.md).
 
+    Exact entries live in Redis (or an in-process LRU store); the semantic side (embedder, matcher,
+    bounded vector index) lives in this process, or, with ``remote`` (the Unix socket of the replica's
+    cache process, several workers), in that process.
+
     ``redis_up`` and ``errors_total`` reflect the shared store; ``on_error(kind, exc)`` is called on every
     cache error (hook it to ``oss_cache_errors_total``); ``on_redis_state(up)`` when Redis goes down or
     comes back (``oss_redis_up``).
     """
 
     def __init__(self, settings: CacheSettings, embedder: Embedder | None = None,
-                 matcher: Matcher | None = None) -> None:
+                 matcher: Matcher | None = None, remote: str | None = None) -> None:
         self.settings = settings
         self.semantic = settings.enabled and settings.semantic
         self._embedder: Embedder | None = embedder or settings.embedder
+        self._own_embedder = self._embedder is not None  # given (alias, tests) rather than MiniLM by default
         self._matcher = matcher
-        self._index: VectorIndex | None = None
+        self.remote = remote
+        self.client: CacheClient | None = None
+        self.sem: SemanticBackend | None = None
         self.redis: RedisStore | None = None
-        self.memory: MemoryStore | None = None
+        self.memory: MemoryStore | RemoteStore | None = None
         self.redis_up = settings.redis_url is None
         self.errors_total = 0
         self.on_error: ErrorCallback | None = None
         self.on_redis_state: Callable[[bool], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self._need_resync = True
-        self._last_id = "0-0"
-        self._ready = asyncio.Event()
 
     # ---- life cycle -------------------------------------------------------------------------------
     @classmethod
@@ -82,6 +90,7 @@ class ResponseCache:
 
     @property
     def embedder(self) -> Embedder:
+        """The embedder that names the partitions (with a cache process, MiniLM is loaded only there)."""
         if self._embedder is None:
             self._embedder = MiniLMEmbedder()
         return self._embedder
@@ -89,14 +98,18 @@ class ResponseCache:
     @property
     def matcher(self) -> Matcher:
         if self._matcher is None:
+            from .matcher import Matcher
+
             self._matcher = Matcher(floor=self.settings.similarity_threshold)
         return self._matcher
 
     @property
     def index(self) -> VectorIndex:
-        if self._index is None:
-            self._index = VectorIndex(self.embedder.dim, self.settings.hnsw_min_size, self.settings.index_ef)
-        return self._index
+        """The in-process index (tests); not available with a cache process."""
+        index = getattr(self.sem, "index", None)
+        if index is None:
+            raise RuntimeError("the semantic index is not in this process")
+        return index
 
     @property
     def backend(self) -> str:
@@ -105,6 +118,13 @@ class ResponseCache:
     async def start(self) -> None:
         if not self.settings.enabled:
             return
+        if self.remote is not None:
+            from .client import CacheClient, RemoteSemantic, RemoteStore
+
+            self.client = CacheClient(self.remote, self.settings.process_timeout)
+            if not await self.client.connect(wait=self.settings.process_start_wait):
+                log.warning("response cache: the cache process (%s) does not answer yet: bypassing until it does",
+                            self.remote)
         if self.settings.redis_url:
             self.redis = RedisStore(self.settings.redis_url, self.settings.key_prefix, self.settings.redis_timeout,
                                     self.settings.stream_maxlen)
@@ -114,24 +134,28 @@ class ResponseCache:
             except Exception as exc:  # noqa: BLE001 - start degraded, the health task retries
                 self._record_error("connect", exc)
             self._tasks.append(asyncio.create_task(self._health_loop(), name="cache-redis-health"))
-            if self.semantic:
-                self._tasks.append(asyncio.create_task(self._follow_loop(), name="cache-index-follow"))
+        elif self.client is not None:
+            self.memory = RemoteStore(self.client)
+            log.info("response cache: no Redis configured, using the replica's cache process")
         else:
-            self.memory = MemoryStore(self.settings.local_max_entries)
-            self._ready.set()
+            self.memory = MemoryStore(self.settings.local_max_entries or self.settings.max_entries)
             log.info("response cache: no Redis configured, using an in-process cache")
-        if self.semantic:
-            load = getattr(self.embedder, "load", None)
-            if load is not None:
-                await asyncio.get_running_loop().run_in_executor(None, load)
-            _ = self.matcher, self.index
-            self._tasks.append(asyncio.create_task(self._sweep_loop(), name="cache-index-sweep"))
         if not self.semantic:
-            self._ready.set()
+            return
+        if self.client is not None:
+            self.sem = RemoteSemantic(self.client, self._embedder if self._own_embedder else None)
+        else:
+            from .semantic import SemanticIndex
+
+            sem = SemanticIndex(self.settings, self.embedder, self.matcher)
+            sem.on_error = self._record_error
+            self.sem = sem
+        await self.sem.start()
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until the initial index load from Redis is done (tests, benchmarks)."""
-        await asyncio.wait_for(self._ready.wait(), timeout)
+        if self.sem is not None:
+            await self.sem.wait_ready(timeout)
 
     async def close(self) -> None:
         self._closed = True
@@ -141,6 +165,10 @@ class ResponseCache:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.sem is not None:
+            await self.sem.close()
+        if self.client is not None:
+            await self.client.close()
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.close()
@@ -154,7 +182,6 @@ class ResponseCache:
             return
         self.redis_up = up
         if up:
-            self._need_resync = True
             log.warning("response cache: Redis is reachable again, cache resumed")
         else:
             log.warning("response cache: Redis unreachable, requests bypass the cache")
@@ -162,18 +189,23 @@ class ResponseCache:
             with contextlib.suppress(Exception):
                 self.on_redis_state(up)
 
-    def _record_error(self, kind: str, exc: BaseException) -> None:
+    def _count_error(self, kind: str, exc: BaseException) -> None:
         self.errors_total += 1
         if self.on_error is not None:
             with contextlib.suppress(Exception):
                 self.on_error(kind, exc)
+
+    def _record_error(self, kind: str, exc: BaseException) -> None:
+        self._count_error(kind, exc)
+        if isinstance(exc, SemanticUnavailable):
+            return  # the cache process: its client logs when it goes and comes back
         if self.redis is not None and _is_connection_error(exc):
-            if kind == "follow":  # the follower's long-lived connection: the health probe decides
+            if kind == "follow":  # the index follower's long-lived connection: the health probe decides
                 return
             if not self.redis.is_outage(exc):  # a slow answer or a busy moment: that request bypasses, no more
                 return
             self._set_redis_up(False)
-        else:
+        elif kind != "follow":
             log.warning("response cache error (%s): %r", kind, exc)
 
     async def _health_loop(self) -> None:
@@ -189,77 +221,11 @@ class ResponseCache:
                 else:
                     self._set_redis_up(False)
 
-    # ---- index feed (Redis) -----------------------------------------------------------------------
-    def _vector(self, raw: bytes) -> Any:
-        import numpy as np
-
-        return np.frombuffer(raw, dtype="<f2").astype(np.float32)
-
-    def _index_entries(self, entries: list[Entry], index: VectorIndex | None = None) -> None:
-        index = self.index if index is None else index
-        groups: dict[tuple[str, str], list[tuple[IndexEntry, Any]]] = {}
-        for e in entries:
-            if e.partition is None or e.vector is None or e.text is None:
-                continue
-            groups.setdefault((e.namespace, e.partition), []).append(
-                (IndexEntry(e.key, e.text, e.created, e.expires_at), self._vector(e.vector)))
-        for (ns, part), items in groups.items():
-            index.add_many(ns, part, items)
-
-    async def _resync(self) -> None:
-        """Rebuild the index from Redis into a new object and swap it in (lookups keep the old one meanwhile)."""
-        assert self.redis is not None
-        loop = asyncio.get_running_loop()
-        last = await self.redis.last_event_id()
-        fresh = VectorIndex(self.embedder.dim, self.settings.hnsw_min_size, self.settings.index_ef)
-        async for batch in self.redis.scan_semantic():
-            await loop.run_in_executor(None, self._index_entries, batch, fresh)
-        self._index = fresh
-        self._last_id = last
-        self._need_resync = False
-        self._ready.set()
-
-    async def _follow_loop(self) -> None:
-        assert self.redis is not None
-        loop = asyncio.get_running_loop()
-        while not self._closed:
-            if not self.redis_up:
-                await asyncio.sleep(self.settings.redis_retry_interval / 2)
-                continue
-            try:
-                if self._need_resync:
-                    await self._resync()
-                    continue
-                events = await self.redis.read_events(self._last_id, block_ms=1000)
-                adds: list[str] = []
-                for event_id, fields in events:
-                    self._last_id = event_id
-                    op = fields.get(b"op")
-                    if op == b"add":
-                        adds.append(fields[b"k"].decode())
-                    elif op == b"clear":
-                        ns = fields.get(b"ns", b"*").decode()
-                        self.index.drop_namespace(None if ns == "*" else ns)
-                if adds:
-                    entries = await self.redis.fetch_index_fields(adds)
-                    await loop.run_in_executor(None, self._index_entries, entries)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                self._record_error("follow", exc)
-                self._need_resync = True  # events may be lost (or Redis restarted empty): reload
-                await asyncio.sleep(self.settings.redis_retry_interval)
-
-    async def _sweep_loop(self) -> None:
-        while not self._closed:
-            await asyncio.sleep(60)
-            self.index.sweep()
-
     # ---- request path -----------------------------------------------------------------------------
     def _prepare(self, req: CacheRequest) -> PreparedKeys:
         if req.prepared is None:
             model_id = self.embedder.model_id if self.semantic else "-"
-            req.prepared = {"keys": prepare(req, self.settings, model_id), "vec": None, "analysis": None}
+            req.prepared = {"keys": prepare(req, self.settings, model_id), "vec": None}
         return req.prepared["keys"]
 
     async def _get(self, namespace: str, key: str) -> Entry | None:
@@ -280,56 +246,49 @@ class ResponseCache:
         max_age = keys.controls.max_age
         try:
             entry = await self._get(keys.namespace, keys.exact)
+        except SemanticUnavailable as exc:  # the in-process store of the cache process
+            self._record_error("cache_process", exc)
+            return CacheResult("bypass", reason="cache-process-down")
         except Exception as exc:  # noqa: BLE001
             self._record_error("lookup", exc)
             return CacheResult("bypass", reason="redis-error")
         if entry is not None and (max_age is None or now - entry.created <= max_age):
+            if self.sem is not None and entry.partition:
+                self.sem.touch(keys.namespace, entry.partition, entry.key)  # a hit keeps it in the index
             return CacheResult("hit", body=entry.body, usage=entry.usage, age=now - entry.created, key=entry.key)
-        if not (self.semantic and keys.partition and keys.text):
+        if not (self.sem is not None and keys.partition and keys.text):
             return CacheResult("miss")
         if not keys.temperature_ok:
             return CacheResult("miss", reason="temperature")
         try:
             return await self._semantic_lookup(req, keys, now)
+        except SemanticUnavailable as exc:
+            self._record_error("cache_process", exc)
+            req.prepared["sem_failed"] = True  # the store then keeps the answer for exact hits only
+            return CacheResult("bypass", reason="cache-process-busy" if isinstance(exc, SemanticBusy)
+                               else "cache-process-down")
         except Exception as exc:  # noqa: BLE001
             self._record_error("semantic", exc)
             return CacheResult("bypass" if self.redis is not None and not self.redis_up else "miss",
                                reason="semantic-error")
 
-    async def _query_vector(self, req: CacheRequest, text: str) -> Any:
-        if req.prepared.get("vec") is None:
-            vec = (await self.embedder.embed([text]))[0]
-            # vectors are stored as float16: compare like with like
-            req.prepared["vec"] = vec.astype("<f2").astype("float32")
-        return req.prepared["vec"]
-
     async def _semantic_lookup(self, req: CacheRequest, keys: PreparedKeys, now: float) -> CacheResult:
-        assert keys.partition is not None and keys.text is not None
-        vec = await self._query_vector(req, keys.text)
-        cands = self.index.search(keys.namespace, keys.partition, vec, self.settings.candidates, now)
-        if not cands:
-            return CacheResult("miss")
-        query: Analysis = req.prepared.get("analysis") or analyse(keys.text)
-        req.prepared["analysis"] = query
-        judged = []
-        for cand in cands:
-            if cand.cosine < self.matcher.min_cosine:
-                continue
-            verdict = self.matcher.judge(query, cand.entry.get_analysis(), cand.cosine)
-            if verdict.ok:
-                judged.append((verdict.probability, cand))
-        judged.sort(key=lambda pc: (-pc[0], -pc[1].cosine))
+        assert keys.partition is not None and keys.text is not None and self.sem is not None
+        vec, matches = await self.sem.match(keys.namespace, keys.partition, keys.text, req.prepared.get("vec"),
+                                            self.settings.candidates)
+        req.prepared["vec"] = vec  # float16 bytes, stored with the answer
         max_age = keys.controls.max_age
-        for prob, cand in judged:
-            entry = await self._get(keys.namespace, cand.entry.key)
+        for m in matches:
+            entry = await self._get(keys.namespace, m.key)
             if entry is None or entry.partition != keys.partition:
-                self.index.remove(keys.namespace, keys.partition, cand.entry.key)
+                self.sem.remove(keys.namespace, keys.partition, m.key)  # expired or evicted in the store
                 continue
             age = now - entry.created
             if max_age is not None and age > max_age:
                 continue
-            return CacheResult("semantic_hit", body=entry.body, usage=entry.usage, score=prob,
-                               similarity=cand.cosine, age=age, key=entry.key)
+            self.sem.touch(keys.namespace, keys.partition, entry.key)
+            return CacheResult("semantic_hit", body=entry.body, usage=entry.usage, score=m.probability,
+                               similarity=m.cosine, age=age, key=entry.key)
         return CacheResult("miss")
 
     async def store(self, req: CacheRequest, body: bytes) -> None:
@@ -338,6 +297,8 @@ class ResponseCache:
             return
         try:
             await self._store(req, body)
+        except SemanticUnavailable as exc:
+            self._record_error("cache_process", exc)
         except Exception as exc:  # noqa: BLE001
             self._record_error("store", exc)
 
@@ -355,21 +316,26 @@ class ResponseCache:
         usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
         entry = Entry(namespace=keys.namespace, key=keys.exact, body=body, usage=usage, created=now,
                       expires_at=None if ttl is None else now + ttl)
-        vec = None
-        if self.semantic and keys.partition and keys.text and keys.temperature_ok:
-            vec = await self._query_vector(req, keys.text)
-            entry.partition, entry.text, entry.vector = keys.partition, keys.text, vec.astype("<f2").tobytes()
+        vec: bytes | None = None
+        if self.sem is not None and keys.partition and keys.text and keys.temperature_ok:
+            vec = req.prepared.get("vec")
+            if vec is None and not req.prepared.get("sem_failed"):  # (no second try at an overloaded embedder)
+                try:
+                    vec = await self.sem.embed(keys.text)
+                except SemanticUnavailable as exc:  # stored for exact hits only
+                    self._record_error("cache_process", exc)
+            if vec is not None:
+                entry.partition, entry.text, entry.vector = keys.partition, keys.text, vec
         if self.redis is not None:
             await self.redis.put(entry)
         else:
             assert self.memory is not None
             for old in await self.memory.put(entry):
-                if old.partition:
-                    self.index.remove(old.namespace, old.partition, old.key)
-        if vec is not None and entry.partition is not None and entry.text is not None:
-            self.index.add(keys.namespace, entry.partition,
-                           IndexEntry(entry.key, entry.text, entry.created, entry.expires_at,
-                                      req.prepared.get("analysis")), vec)
+                if old.partition and self.sem is not None:
+                    self.sem.remove(old.namespace, old.partition, old.key)
+        if vec is not None and self.sem is not None and entry.partition is not None and entry.text is not None:
+            await self.sem.add(keys.namespace, entry.partition, entry.key, entry.text, entry.created,
+                               entry.expires_at, vec)
 
     async def clear(self, namespace: str | None) -> int:
         """Delete a namespace's entries (all namespaces when None); returns how many."""
@@ -380,12 +346,19 @@ class ResponseCache:
             removed = await self.memory.clear(tag)
         else:
             return 0
-        if self.semantic:
-            self.index.drop_namespace(tag)
+        if self.sem is not None:
+            await self.sem.drop_namespace(tag)
         return removed
 
+    def index_entries(self) -> int | None:
+        """Entries in the semantic index of this replica (None: no semantic cache, or not reachable)."""
+        if self.sem is None:
+            return None
+        return self.sem.entries()
+
     def stats(self) -> dict[str, Any]:
+        index = getattr(self.sem, "index", None)
+        partitions = index.partitions() if index is not None else None
         return {"backend": self.backend, "semantic": self.semantic, "redis_up": self.redis_up,
-                "errors_total": self.errors_total,
-                "index_entries": len(self._index) if self._index is not None else 0,
-                "index_partitions": self._index.partitions() if self._index is not None else 0}
+                "errors_total": self.errors_total, "index_entries": self.index_entries() or 0,
+                "index_partitions": partitions, "cache_process": self.remote}

@@ -50,6 +50,16 @@ def _normalise(vectors: Any) -> np.ndarray:
     return arr / np.clip(norms, 1e-12, None)
 
 
+def _trim_heap() -> None:
+    """Give freed heap back to the OS (glibc's malloc_trim; a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 (int8 ONNX): WordPiece, max 256 tokens, mean pooling, L2 normalisation.
 
@@ -62,9 +72,10 @@ class MiniLMEmbedder:
     dim = MINILM_DIM
 
     def __init__(self, model_path: str | Path | None = None, intra_op_threads: int = 1,
-                 max_length: int = 256) -> None:
+                 max_length: int = 256, workers: int = 1) -> None:
         self._model_path = Path(model_path) if model_path else None
         self._threads = intra_op_threads
+        self._workers = max(1, workers)  # parallel runs of the (thread-safe) ONNX session
         self._max_length = max_length
         self._session: Any = None
         self._tokenizer: Any = None
@@ -103,8 +114,12 @@ class MiniLMEmbedder:
             options.intra_op_num_threads = self._threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
+            # no arena: it keeps the peak of the largest batch forever (+650 MB after 32 x 256 tokens)
+            options.enable_cpu_mem_arena = False
+            options.enable_mem_pattern = False
             session = ort.InferenceSession(str(self._resolve_model()), sess_options=options,
                                            providers=["CPUExecutionProvider"])
+            _trim_heap()  # the model's load leaves ~60 MB of freed heap glibc would keep
             self._tokenizer = tokenizer
             self._session = session
 
@@ -128,6 +143,35 @@ class MiniLMEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self._encode_one(t) for t in texts])
 
+    def embed_batch_sync(self, texts: Sequence[str], chunk: int = 8) -> np.ndarray:
+        """Several texts per ONNX run, padded and mean-pooled under the attention mask (the cache
+        process's batches).  Texts are sorted by length so a run pads little; a text's vector equals its
+        one-per-run vector to ~1e-7 (measured: max abs difference 3e-8 at batch sizes 4-32)."""
+        import numpy as np
+
+        self.load()
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        encs = [self._tokenizer.encode(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encs[i].ids))
+        for start in range(0, len(order), chunk):
+            group = order[start:start + chunk]
+            width = max(len(encs[i].ids) for i in group)
+            ids = np.zeros((len(group), width), dtype=np.int64)
+            mask = np.zeros((len(group), width), dtype=np.int64)
+            for row, i in enumerate(group):
+                n = len(encs[i].ids)
+                ids[row, :n] = encs[i].ids
+                mask[row, :n] = 1
+            hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                              "token_type_ids": np.zeros_like(ids)})[0]
+            weights = mask[..., None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1.0, None)
+            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+            out[group] = pooled
+        return out
+
     def token_embeddings_sync(self, text: str) -> tuple[list[str], np.ndarray]:
         """WordPiece tokens of ``text`` and their contextual vectors (for analysis tools)."""
         import numpy as np
@@ -141,12 +185,17 @@ class MiniLMEmbedder:
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-embed")
+            self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="cache-embed")
         return self._executor
+
+    @property
+    def workers(self) -> int:
+        return self._workers
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool(), self.embed_sync, list(texts))
+        fn = self.embed_batch_sync if len(texts) > 1 else self.embed_sync
+        return await loop.run_in_executor(self._pool(), fn, list(texts))
 
     def close(self) -> None:
         if self._executor is not None:

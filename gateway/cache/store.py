@@ -43,6 +43,9 @@ class MemoryStore:
         self._max = max_entries
         self._data: OrderedDict[tuple[str, str], Entry] = OrderedDict()
 
+    def __len__(self) -> int:
+        return len(self._data)
+
     async def get(self, namespace: str, key: str) -> Entry | None:
         entry = self._data.get((namespace, key))
         if entry is None:

@@ -11,6 +11,8 @@ if TYPE_CHECKING:  # pragma: no cover
 CacheStatus = Literal["hit", "semantic_hit", "miss", "bypass"]
 Endpoint = Literal["chat", "completions", "embeddings"]
 
+DEFAULT_MAX_ENTRIES = 50_000  # ~3 kB each at 384 dimensions and ~100-char prompts (docs/cache.md, "Memory")
+
 SEMANTIC_TYPES = ("redis-semantic", "local-semantic", "semantic", "qdrant-semantic")
 
 
@@ -22,6 +24,8 @@ class CacheSettings:
     in-process) or ``local-semantic``.  Whatever the type, ``redis_url=None`` means an in-process store.
     ``similarity_threshold`` is a floor on the MiniLM cosine: the matcher's own checks still apply.
     ``max_temperature``: the semantic cache serves requests whose temperature is None or at most this.
+    ``max_entries``: the semantic index of the replica holds at most this many entries (least recently
+    used out first); Redis entries keep their TTL.
     """
 
     enabled: bool = True
@@ -38,7 +42,11 @@ class CacheSettings:
     candidates: int = 8                 # nearest neighbours the matcher examines
     index_ef: int = 64                  # hnswlib search breadth
     hnsw_min_size: int = 512            # partitions smaller than this are searched exactly (numpy)
-    local_max_entries: int = 50_000     # in-process store: LRU bound
+    max_entries: int = DEFAULT_MAX_ENTRIES  # semantic index of this replica: LRU bound (cache_params.max_entries)
+    local_max_entries: int | None = None  # in-process store (no Redis): LRU bound; None = max_entries
+    process_timeout: float = 0.5        # seconds a worker waits for the replica's cache process, then bypasses
+    process_start_wait: float = 15.0    # seconds a starting worker waits for the cache process to answer
+    embed_workers: int = 0              # parallel embedding runs in the cache process (0: min(4, CPUs))
     stream_maxlen: int = 200_000        # Redis event stream (approximate trim)
     max_text_chars: int = 2_000         # longer last messages are cached exactly only
     embedder: Embedder | None = field(default=None, compare=False, hash=False)  # default: MiniLM int8
