@@ -74,7 +74,7 @@ class Accounting:
             text = ""
         return Usage(call.estimate_prompt(), estimate_text_tokens(text), True)
 
-    def after_stream(self, call: Call, dep: Deployment, tally: StreamTally) -> None:
+    def after_stream(self, call: Call, dep: Deployment, tally: Any) -> None:
         now = time.perf_counter()
         if call.first_byte_at is not None:
             self.metrics.child(self.metrics.ttft, dep.alias, dep.id).observe(call.first_byte_at - call.started)

@@ -23,6 +23,7 @@ from gateway.asgi import Receive, Scope, Send
 from gateway.config import ConfigError, Deployment, GatewayConfig, load_file, load_text
 from gateway.endpoints import BY_PATH
 from gateway.engine import EngineMonitor, EngineTarget, metrics_url
+from gateway.followups import FollowUps
 from gateway.health import HealthChecker
 from gateway.keys import KeyService
 from gateway.metrics import LiveState, Metrics
@@ -56,8 +57,9 @@ class Gateway:
 
             serving = CacheService(self.cache, self.metrics, lambda: self.config, self.spawn)
         self.accounting = Accounting(self.router, self.metrics, self.keys, self.tokens, self.spawn, serving)
+        self.followups = FollowUps(settings.state_redis_url or settings.redis_url, settings.state_key_prefix)
         self.proxy = Proxy(lambda: self.config, settings, self.keys, self.router, self.upstreams, self.accounting,
-                           serving, self.metrics)
+                           serving, self.metrics, self.followups)
         self.engines = EngineMonitor(self.upstreams.native.get_text, self._engine_targets,
                                      lambda dep_id: self.router.states[dep_id].in_flight
                                      if dep_id in self.router.states else 0,
@@ -75,6 +77,7 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.upstreams.start()
+        await self.followups.start()
         await self.keys.start()
         if self.cache is not None:
             probe = getattr(self.cache.embedder, "probe", None) if self.cache.semantic else None
@@ -114,6 +117,7 @@ class Gateway:
             await asyncio.wait(list(self._tasks), timeout=5)
         await self.keys.close()
         await self.upstreams.close()
+        await self.followups.close()
         if self.cache is not None:
             await self.cache.close()
 
@@ -254,6 +258,9 @@ class Gateway:
         return problems, degraded
 
 
+FOLLOW_UP_PREFIX = "/v1/responses/"  # GET / DELETE a stored Response, routed to the deployment that holds it
+
+
 class GatewayASGI:
     """Raw-ASGI front: the lifespan, `/health/live` and `/health/ready`, and every endpoint of the registry
     (gateway/endpoints) are served here directly; everything else goes to a FastAPI app that is built once
@@ -273,6 +280,9 @@ class GatewayASGI:
                 if endpoint is not None:
                     await self.gw.proxy(endpoint, scope, receive, send)
                     return
+            elif path.startswith(FOLLOW_UP_PREFIX) and scope["method"] in ("GET", "DELETE"):
+                await self.gw.proxy.stored_response(scope, send, path[len(FOLLOW_UP_PREFIX):])
+                return
             elif path in ("/health/live", "/health/liveliness"):  # LiteLLM's probe paths work too
                 await json_response({"status": "ok"}).send_to(send)
                 return

@@ -43,6 +43,8 @@ class Call:
     completing: bool = False  # the last write of the response has begun
     watcher: asyncio.Task[None] | None = None  # watches for a client disconnect
     ticket: Any = None  # keys.Ticket: the key/team admission to settle when the request ends
+    pinned: str | None = None  # a follow-up: the deployment that holds the answer it continues
+    context: Any = None  # a follow-up on a translated deployment: the conversation so far
 
     @property
     def endpoint(self) -> str:

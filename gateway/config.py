@@ -44,7 +44,12 @@ _LITELLM_PROVIDER_PARAMS = {
 _MODEL_INFO_USED = {
     "id", "max_input_tokens", "max_tokens", "max_output_tokens", "input_cost_per_token",
     "output_cost_per_token", "gpu_hourly_cost_usd", "gpu_count", "mode", "health_check", "max_num_seqs",
+    "supports",
 }
+# The APIs a deployment serves natively (model_info.supports); the others are translated to chat/completions.
+APIS = ("chat", "completions", "embeddings", "responses", "messages")
+NATIVE_BY_PROVIDER = {"hosted_vllm": frozenset(APIS)}  # vLLM serves Responses and Messages itself
+DEFAULT_SUPPORTS = frozenset({"chat", "completions", "embeddings"})
 _ROUTER_SETTINGS_USED = {
     "routing_strategy", "num_retries", "timeout", "stream_timeout", "allowed_fails", "cooldown_time",
     "fallbacks", "context_window_fallbacks", "default_fallbacks", "retry_after", "engine_aware",
@@ -91,6 +96,7 @@ class Deployment:
     mode: str  # "chat" | "completion" | "embedding"
     health_check: bool
     max_num_seqs: int | None = None  # the engine's batch size (vLLM --max-num-seqs), for engine-aware routing
+    supports: frozenset[str] = frozenset({"chat", "completions", "embeddings"})  # APIs served natively
     provider_params: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -311,6 +317,13 @@ def _parse_deployment(entry: Any, index: int, p: _Problems) -> Deployment | None
     max_out = _int(info.get("max_output_tokens", info.get("max_tokens")), f"{mip}.max_output_tokens", p,
                    allow_zero=False)
     max_num_seqs = _int(info.get("max_num_seqs"), f"{mip}.max_num_seqs", p, allow_zero=False)
+    supports = NATIVE_BY_PROVIDER.get(provider, DEFAULT_SUPPORTS) if native else DEFAULT_SUPPORTS
+    if "supports" in info:
+        raw = info["supports"]
+        if not isinstance(raw, list) or not all(isinstance(x, str) and x in APIS for x in raw):
+            p.error(f"{mip}.supports", f"must be a list of: {', '.join(APIS)}")
+        else:
+            supports = frozenset(raw)
     mode = info.get("mode", "chat")
     if mode not in ("chat", "completion", "embedding"):
         p.error(f"{mip}.mode", f"must be chat, completion or embedding, got {mode!r}")
@@ -349,6 +362,7 @@ def _parse_deployment(entry: Any, index: int, p: _Problems) -> Deployment | None
         mode=str(mode),
         health_check=health,
         max_num_seqs=max_num_seqs,
+        supports=supports,
         provider_params=provider_params,
     )
 

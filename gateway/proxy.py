@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -26,8 +26,9 @@ from gateway.auth import Caller
 from gateway.cache.serving import CacheService
 from gateway.call import Call
 from gateway.config import Deployment, GatewayConfig
-from gateway.endpoints import Endpoint
+from gateway.endpoints import BY_NAME, Endpoint
 from gateway.errors import GatewayError
+from gateway.followups import FollowUps
 from gateway.metrics import Metrics
 from gateway.protocol import error_for_status, parse_json_body
 from gateway.responses import Response, start_sse
@@ -35,7 +36,6 @@ from gateway.router import NoDeployment, RouterState
 from gateway.settings import Settings
 from gateway.sse import Decoder
 from gateway.strategies import RouteRequest
-from gateway.streaming import DONE, StreamTally, error_event
 from gateway.upstreams import (
     Attempt,
     AttemptsFailed,
@@ -46,6 +46,7 @@ from gateway.upstreams import (
     Upstreams,
     upstream_message,
 )
+from gateway.upstreams.translated import send_translated
 
 log = logging.getLogger("gateway.proxy")
 
@@ -82,7 +83,7 @@ class Proxy:
 
     def __init__(self, config: Callable[[], GatewayConfig], settings: Settings, admission: Admission,
                  router: RouterState, upstreams: Upstreams, accounting: Accounting, cache: CacheService | None,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, followups: FollowUps) -> None:
         self.config = config
         self.settings = settings
         self.admission = admission
@@ -91,6 +92,7 @@ class Proxy:
         self.accounting = accounting
         self.cache = cache
         self.metrics = metrics
+        self.followups = followups
 
     # -- ASGI entry ---------------------------------------------------------------------------------
 
@@ -133,7 +135,7 @@ class Proxy:
                 if not call.response_started:
                     await self._send_error(send, call, exc)
                 else:
-                    await self._end_stream_with_error(send, exc)
+                    await self._end_stream_with_error(send, call, exc)
         except ClientGone:
             call.status = 499
         except asyncio.CancelledError:
@@ -157,6 +159,37 @@ class Proxy:
                 call.watcher.cancel()
             self._record_request(call)
 
+    async def stored_response(self, scope: Scope, send: Send, rid: str) -> None:
+        """GET / DELETE /v1/responses/{id}: answered by the deployment that holds the response (native), or
+        from the conversation the gateway kept (translated); another tenant's id is unknown."""
+        headers = dict(scope["headers"])
+        api = BY_NAME["responses"]
+        call = Call(api=api, request_id=os.urandom(16).hex(), started=time.perf_counter(), headers=headers)
+        try:
+            call.caller = await self.admission.admit(headers, "", None)
+            tenant = call.caller.tenant
+            rec = await self.followups.get(tenant, rid) if rid and "/" not in rid and len(rid) <= 256 else None
+            dep = None if rec is None else next((d for d in self.config().deployments if d.id == rec[0]), None)
+            if rec is None or dep is None:
+                raise GatewayError(404, f"Response '{rid[:80]}' is unknown or has expired", "invalid_request_error",
+                                   None, "not_found")
+            method = scope["method"]
+            if api.support in dep.supports and dep.native:
+                status, body = await self.upstreams.native.forward(method, f"{dep.api_base}/responses/{rid}",
+                                                                     dep.timeout, dep.api_key)
+            elif method == "GET" and rec[1] is not None and isinstance(rec[3], dict):
+                status, body = 200, orjson.dumps(rec[3])
+            else:
+                status, body = 200, orjson.dumps({"id": rid, "object": "response", "deleted": True})
+            if method == "DELETE" and status < 300:
+                await self.followups.delete(tenant, rid)
+            await Response(body, status, call.response_headers(dep)).send_to(send)
+        except GatewayError as exc:
+            await self._send_error(send, call, exc)
+        except UpstreamError as exc:
+            await self._send_error(send, call, errors.upstream_failed(f"The upstream holding '{rid[:80]}' failed "
+                                                                      f"({exc.describe()})."))
+
     def _arm_watcher(self, receive: Receive, call: Call, task: asyncio.Task[None]) -> None:
         if not call.completing:
             call.watcher = asyncio.get_running_loop().create_task(self._watch_disconnect(receive, call, task))
@@ -178,7 +211,12 @@ class Proxy:
     async def _serve(self, call: Call, send: Send, config: GatewayConfig) -> None:
         if call.requested not in config.aliases:  # call.alias is UNKNOWN_ALIAS: the name is for the message only
             raise errors.model_not_found(call.requested, visible_aliases(call.caller, config))
-        if self.cache is not None and await self.cache.answer(call, send):
+        api = call.api
+        prev = api.follow_up_of(call.body)
+        if prev is not None:
+            await self._pin_follow_up(call, prev, config)
+        if self.cache is not None and api.cacheable and (api.replayable or not call.stream) \
+                and await self.cache.answer(call, send):
             return
         chain: list[tuple[str, str | None]] = [(call.alias, None)]
         visited: set[str] = set()
@@ -194,6 +232,10 @@ class Proxy:
                 self.metrics.fallbacks.labels(prev, alias, reason).inc()
             prev = alias
             deployments = config.aliases[alias]
+            if call.pinned is not None:  # a follow-up goes where its conversation is, or nowhere
+                deployments = tuple(d for d in deployments if d.id == call.pinned)
+                if not deployments:
+                    continue
             fits = self._fitting(call, deployments)
             if not fits:
                 last_error = self._context_error(call, deployments)
@@ -217,6 +259,19 @@ class Proxy:
                 chain.extend((a, exc.reason) for a in more or ())
         assert last_error is not None
         raise last_error
+
+    async def _pin_follow_up(self, call: Call, prev: str, config: GatewayConfig) -> None:
+        tenant = call.caller.tenant if call.caller is not None else "open"
+        rec = await self.followups.get(tenant, prev)
+        holder = None if rec is None else next((d for d in config.aliases[call.alias] if d.id == rec[0]), None)
+        if rec is None or holder is None or rec[2]:  # (deployment, items, too large, answer)
+            why = "is unknown or has expired" if rec is None else (
+                "was served by a deployment that is no longer in the config" if holder is None
+                else "belongs to a conversation too large to keep")
+            raise GatewayError(404, f"Previous response '{prev[:80]}' {why}; start a new conversation.",
+                               "invalid_request_error", "previous_response_id", "previous_response_not_found")
+        call.pinned = holder.id
+        call.context = rec[1]
 
     def _fitting(self, call: Call, deployments: tuple[Deployment, ...]) -> tuple[Deployment, ...]:
         if not call.api.streams or all(d.max_input_tokens is None for d in deployments):
@@ -301,28 +356,38 @@ class Proxy:
         call.deployment = dep
         try:
             api = call.api
-            req = UpstreamRequest(
-                endpoint=api.name, path=api.upstream_path, body=call.body,
-                payload=orjson.dumps(api.upstream_body(call.body, dep.served_model, call.stream, call.wants_usage))
-                if dep.native else b"",
-                stream=call.stream, request_id=call.upstream_request_id,
-                first_byte_timeout=dep.stream_timeout or stream_timeout)
-            reply = await self.upstreams.for_deployment(dep).send(dep, req)
+            native = api.support in dep.supports
+            first_byte_timeout = dep.stream_timeout or stream_timeout
+            upstream = self.upstreams.for_deployment(dep)
+            if native:
+                reply: UpstreamReply | EventStream = await upstream.send(dep, UpstreamRequest(
+                    endpoint=api.name, path=api.upstream_path, body=call.body,
+                    payload=orjson.dumps(api.upstream_body(call.body, dep.served_model, call.stream,
+                                                           call.wants_usage)) if dep.native else b"",
+                    stream=call.stream, request_id=call.upstream_request_id, first_byte_timeout=first_byte_timeout))
+            elif (local := api.answer_locally(call.body)) is not None:
+                reply = UpstreamReply(200, orjson.dumps(local), 0.0)
+            else:
+                reply = await send_translated(upstream, dep, api, call.body, call.alias, call.context, call.stream,
+                                              call.upstream_request_id, first_byte_timeout)
             if isinstance(reply, UpstreamReply):
                 call.upstream_wait += reply.elapsed
                 call.response_started = True
                 await Response(reply.body, 200, call.response_headers(dep)).send_to(send)
                 call.first_byte_at = time.perf_counter()
-                self.accounting.after_plain(call, dep, reply.body)
+                if api.metered:
+                    self.accounting.after_plain(call, dep, reply.body)
+                if api.remembers:
+                    self._remember(call, dep, native, orjson.loads(reply.body))
             else:
-                await self._stream(call, send, dep, reply)
+                await self._stream(call, send, dep, reply, native)
         finally:
             st.in_flight -= 1
             gauge.dec()
 
-    async def _stream(self, call: Call, send: Send, dep: Deployment, upstream: EventStream) -> None:
+    async def _stream(self, call: Call, send: Send, dep: Deployment, upstream: EventStream, native: bool) -> None:
         call.upstream_wait += upstream.first_byte_elapsed
-        tally = StreamTally(strip_usage=not call.wants_usage)
+        tally = call.api.new_tally(call.wants_usage)
         try:
             call.response_started = True
             await start_sse(send, call.response_headers(dep))
@@ -333,8 +398,21 @@ class Proxy:
             else:
                 upstream.close()
             self.accounting.after_stream(call, dep, tally)
+        final = getattr(tally, "final", None)
+        if call.api.remembers and final is not None:
+            self._remember(call, dep, native, final)
 
-    async def _pump(self, call: Call, send: Send, upstream: EventStream, tally: StreamTally) -> None:
+    def _remember(self, call: Call, dep: Deployment, native: bool, answer: Any) -> None:
+        """Keep where a follow-up to this answer must go (and, translated, the conversation so far)."""
+        rid = call.api.created_id(answer) if isinstance(answer, dict) else None
+        if rid is None or call.body.get("store") is False:
+            return
+        items = None if native else call.api.conversation(call.body, answer, call.context)
+        tenant = call.caller.tenant if call.caller is not None else "open"
+        final = answer.get("response") if isinstance(answer.get("response"), dict) else answer
+        self.accounting.spawn(self.followups.put(tenant, rid, dep.id, items, None if native else final))
+
+    async def _pump(self, call: Call, send: Send, upstream: EventStream, tally: Any) -> None:
         """Forward complete SSE events as they arrive."""
         decoder = Decoder()
         piece = upstream.first
@@ -354,29 +432,30 @@ class Proxy:
                 log.warning("stream %s from %s broke after the first byte: %s", call.request_id,
                             call.deployment.id if call.deployment else "?", exc)
                 await send({"type": "http.response.body", "more_body": False,
-                            "body": error_event(f"The upstream stream for '{call.alias}' broke: {exc}",
-                                                "timeout" if timeout else "upstream_error")})
+                            "body": call.api.stream_error(call.status, f"The upstream stream for '{call.alias}' "
+                                                          f"broke: {exc}", "timeout" if timeout else "upstream_error",
+                                                          None)})
                 return
             if not piece:
                 break
         tail = decoder.flush()
         tail = tally.process(tail) if tail else b""
-        if not tally.done:
-            tail += DONE
+        tail += call.api.stream_tail(tally)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     # -- errors and accounting -----------------------------------------------------------------------
 
     async def _send_error(self, send: Send, call: Call, exc: GatewayError) -> None:
         try:
-            await Response(exc.body(), exc.status, [*call.response_headers(None), *exc.header_list()]).send_to(send)
+            await Response(exc.body(call.api.error_style), exc.status,
+                           [*call.response_headers(None), *exc.header_list()]).send_to(send)
         except OSError:
             pass
 
-    async def _end_stream_with_error(self, send: Send, exc: GatewayError) -> None:
+    async def _end_stream_with_error(self, send: Send, call: Call, exc: GatewayError) -> None:
         try:
-            await send({"type": "http.response.body", "body": error_event(exc.message, exc.type, exc.code),
-                        "more_body": False})
+            await send({"type": "http.response.body", "body": call.api.stream_error(exc.status, exc.message, exc.type,
+                                                                                   exc.code), "more_body": False})
         except OSError:
             pass
 

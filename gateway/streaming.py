@@ -9,6 +9,7 @@ to count tokens and to drop the usage-only chunk the client did not ask for. The
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -102,4 +103,61 @@ class StreamTally:
                     continue
                 if isinstance(chunk, dict):
                     out.append(chunk)
+        return out
+
+
+class EventTally:
+    """What the gateway learned from a stream of typed events (Anthropic Messages, OpenAI Responses) while
+    forwarding it unchanged: the endpoint reads usage from the events that carry it and decides which event
+    ends the stream (`message_stop`, `response.completed`, …)."""
+
+    __slots__ = ("usage_of", "is_end", "usage", "blocks", "events", "done", "final")
+
+    def __init__(self, usage_of: Callable[[dict[str, Any]], dict[str, Any] | None],
+                 is_end: Callable[[str], bool]) -> None:
+        self.usage_of = usage_of
+        self.is_end = is_end
+        self.usage: dict[str, Any] | None = None  # merged over the events (input and output come apart)
+        self.blocks: list[bytes] = []
+        self.events = 0
+        self.done = False
+        self.final: dict[str, Any] | None = None  # the event that ended the stream
+
+    def process(self, block: bytes) -> bytes:
+        self.blocks.append(block)
+        for raw in sse.split_events(block):
+            ev = sse.parse_event(raw)
+            if ev is None or not ev.data or ev.data == sse.DONE_DATA:
+                continue
+            self.events += 1
+            if b'"usage"' not in ev.data and not ev.event:
+                continue
+            try:
+                data = orjson.loads(ev.data)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(data, dict):
+                continue
+            usage = self.usage_of(data)
+            if usage:
+                self.usage = {**(self.usage or {}), **{k: v for k, v in usage.items() if v is not None}}
+            kind = data.get("type")
+            if isinstance(kind, str) and self.is_end(kind):
+                self.done = True
+                self.final = data
+        return block
+
+    def chunks(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for block in self.blocks:
+            for raw in sse.split_events(block):
+                ev = sse.parse_event(raw)
+                if ev is None or not ev.data or ev.data == sse.DONE_DATA:
+                    continue
+                try:
+                    data = orjson.loads(ev.data)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(data, dict):
+                    out.append(data)
         return out

@@ -22,7 +22,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import safejson
-from gateway.protocol import _short, validate
+from gateway.endpoints import BY_NAME
+from gateway.endpoints.base import short as _short
 from tests.helpers import deployment, metric_value, metrics
 from tests.hostile import (
     ALIASES,
@@ -119,7 +120,7 @@ def test_error_messages_never_fail_on_a_value() -> None:
     assert _short(deep) == "(array)"
     assert _short("x" * 10_000) == repr("x" * 36)[:37] + "..."
     with pytest.raises(Exception, match="'temperature' must be a number between 0 and 2, got array"):
-        validate("chat", {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": deep})
+        BY_NAME["chat"].validate({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": deep})
 
 
 def test_the_depth_limit_is_a_setting(make_sim: Any, make_gateway: Any) -> None:

@@ -57,12 +57,12 @@ class CacheService:
         self.metrics.cache_saved.labels(call.alias, dep.served_model, call.team, call.key).inc(saved)
 
     def _storable(self, call: Call) -> bool:
-        return call.cache_req is not None and call.cache_status in ("miss", "bypass")  # no-cache still stores
+        return call.cache_req is not None and call.api.cacheable and call.cache_status in ("miss", "bypass")  # no-cache still stores
 
     def store_plain(self, call: Call, body: bytes) -> None:
         if self._storable(call):
             self.spawn(self.cache.store(call.cache_req, body))
 
     def store_stream(self, call: Call, tally: StreamTally) -> None:
-        if self._storable(call):
+        if self._storable(call) and call.api.replayable:
             self.spawn(self.cache.store(call.cache_req, assemble_stream(tally.chunks())))

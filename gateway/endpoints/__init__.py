@@ -9,8 +9,10 @@ from gateway.endpoints.base import Endpoint
 from gateway.endpoints.chat import Chat
 from gateway.endpoints.completions import Completions
 from gateway.endpoints.embeddings import Embeddings
+from gateway.endpoints.messages import CountTokens, Messages
+from gateway.endpoints.responses import Responses
 
-ENDPOINTS: tuple[Endpoint, ...] = (Chat(), Completions(), Embeddings())
+ENDPOINTS: tuple[Endpoint, ...] = (Chat(), Completions(), Embeddings(), Responses(), Messages(), CountTokens())
 
 BY_NAME: Mapping[str, Endpoint] = {e.name: e for e in ENDPOINTS}
 BY_PATH: Mapping[str, Endpoint] = {p: e for e in ENDPOINTS for p in e.paths}

@@ -14,6 +14,7 @@ import orjson
 from pydantic import BaseModel
 
 from gateway.errors import invalid_request
+from gateway.streaming import DONE, StreamTally, error_event
 from gateway.usage import Usage, usage_from
 
 PER_MESSAGE_OVERHEAD = 4  # role markers and separators of a chat template
@@ -88,6 +89,12 @@ class Endpoint:
     openapi_model: ClassVar[type[BaseModel]]
     summary: ClassVar[str] = ""  # the OpenAPI summary
     tag: ClassVar[str] = "openai"
+    error_style: ClassVar[str] = "openai"  # the shape of its errors ("anthropic" on /v1/messages)
+    metered: ClassVar[bool] = True  # its answers are tokens served (count_tokens is not)
+    support: ClassVar[str] = ""  # the name in model_info.supports that makes a deployment serve it natively
+    cacheable: ClassVar[bool] = True  # the response cache may answer it
+    replayable: ClassVar[bool] = True  # a cached answer can be replayed as this endpoint's stream
+    remembers: ClassVar[bool] = False  # its answers are kept for follow-ups (gateway/followups.py)
 
     # -- the request -------------------------------------------------------------------------------
 
@@ -159,6 +166,52 @@ class Endpoint:
     def estimate_stream_tokens(self, chunks: Iterable[Mapping[str, Any]]) -> tuple[int, str]:
         text, n = self.stream_output(chunks)
         return (max(n, estimate_text_tokens(text)) if text else 0), text
+
+    # -- streams -----------------------------------------------------------------------------------
+
+    def new_tally(self, wants_usage: bool) -> Any:
+        """What follows a stream of this endpoint while it is forwarded (OpenAI chunks: usage chunk hidden
+        unless asked for, `[DONE]` ends it)."""
+        return StreamTally(strip_usage=not wants_usage)
+
+    def stream_tail(self, tally: Any) -> bytes:
+        """What closes a stream the upstream ended without its own closing event."""
+        return b"" if tally.done else DONE
+
+    def stream_error(self, status: int, message: str, type_: str, code: str | None) -> bytes:
+        """The events that end a stream that failed after its first byte."""
+        return error_event(message, type_, code)
+
+    # -- upstreams that do not speak this API (translated to and from chat/completions) -------------
+
+    def to_chat(self, body: Mapping[str, Any], context: Any) -> dict[str, Any] | None:
+        """The chat/completions body for this request; None when the endpoint cannot be translated."""
+        return None
+
+    def from_chat(self, reply: Mapping[str, Any], body: Mapping[str, Any], alias: str, context: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def chat_stream(self, body: Mapping[str, Any], alias: str, context: Any) -> Any:
+        """A translator fed chat.completion.chunk dicts (feed/finish/error → event dicts, encode)."""
+        raise NotImplementedError
+
+    def answer_locally(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """An answer the gateway gives itself when no deployment serves the endpoint natively (count_tokens)."""
+        return None
+
+    # -- follow-ups (Responses: previous_response_id) ------------------------------------------------
+
+    def follow_up_of(self, body: Mapping[str, Any]) -> str | None:
+        """The id of an earlier answer this request continues; it must reach the deployment that holds it."""
+        return None
+
+    def created_id(self, answer: Mapping[str, Any] | None) -> str | None:
+        """The id under which a follow-up can name this answer (a Response's id)."""
+        return None
+
+    def conversation(self, body: Mapping[str, Any], answer: Mapping[str, Any], previous: Any) -> Any:
+        """The conversation after `answer`, kept for a follow-up on a translated deployment."""
+        return None
 
     # -- the cache ---------------------------------------------------------------------------------
 

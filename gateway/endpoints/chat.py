@@ -73,6 +73,7 @@ class Chat(Endpoint):
     upstream_path: ClassVar[str] = "/chat/completions"
     prompt_param: ClassVar[str] = "messages"
     openapi_model = ChatCompletionRequest
+    support: ClassVar[str] = "chat"
     summary: ClassVar[str] = "Chat completion (streaming with stream=true)"
 
     def check(self, body: Mapping[str, Any]) -> None:

@@ -32,6 +32,7 @@ class Completions(Endpoint):
     upstream_path: ClassVar[str] = "/completions"
     prompt_param: ClassVar[str] = "prompt"
     openapi_model = CompletionRequest
+    support: ClassVar[str] = "completions"
     summary: ClassVar[str] = "Text completion"
 
     def check(self, body: Mapping[str, Any]) -> None:

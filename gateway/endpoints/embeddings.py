@@ -27,6 +27,7 @@ class Embeddings(Endpoint):
     prompt_param: ClassVar[str] = "input"
     streams: ClassVar[bool] = False
     openapi_model = EmbeddingRequest
+    support: ClassVar[str] = "embeddings"
     summary: ClassVar[str] = "Embeddings"
 
     def check(self, body: Mapping[str, Any]) -> None:

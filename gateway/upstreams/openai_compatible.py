@@ -166,6 +166,15 @@ class OpenAICompatible:
                 raise UpstreamError("status", f"HTTP {resp.status}", resp.status, data)
             return orjson.loads(data) if data else None
 
+    async def forward(self, method: str, url: str, timeout: float, api_key: str | None = None) -> tuple[int, bytes]:
+        """A bodiless request (GET / DELETE of a stored object): the upstream's status and body as they are."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        try:
+            async with self.session.request(method, url, headers=headers, timeout=self._timeout(timeout)) as resp:
+                return resp.status, await resp.read()
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, False, f"no answer within {timeout:g}s") from None
+
     async def get_text(self, url: str, timeout: float, api_key: str | None = None) -> str:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         async with self.session.get(url, headers=headers, timeout=self._timeout(timeout)) as resp:
