@@ -43,5 +43,5 @@ def _handler(endpoint: Endpoint) -> Any:
 def declare_openai_routes(api: FastAPI) -> None:
     for endpoint in ENDPOINTS:
         api.add_api_route(endpoint.paths[0], _handler(endpoint), methods=["POST"], tags=[endpoint.tag],
-                          summary=endpoint.summary, openapi_extra=_body(endpoint.openapi_model),
+                          summary=endpoint.summary, openapi_extra=_body(endpoint.openapi_model()),
                           response_class=Response)

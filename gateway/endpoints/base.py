@@ -86,7 +86,7 @@ class Endpoint:
     prompt_param: ClassVar[str]  # the field a context-length error names
     streams: ClassVar[bool] = True
     checks: ClassVar[Mapping[str, Check]] = COMMON_CHECKS
-    openapi_model: ClassVar[type[BaseModel]]
+    openapi_model: ClassVar[Callable[[], type[BaseModel]]]  # built on first use (OpenAPI only)
     summary: ClassVar[str] = ""  # the OpenAPI summary
     tag: ClassVar[str] = "openai"
     error_style: ClassVar[str] = "openai"  # the shape of its errors ("anthropic" on /v1/messages)

@@ -2,34 +2,42 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from gateway.endpoints.base import PER_MESSAGE_OVERHEAD, Endpoint, estimate_text_tokens, is_int, type_name
 from gateway.errors import invalid_request
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str = Field(description="an alias from router.yaml, e.g. smart")
-    messages: list[dict[str, Any]] = Field(min_length=1, description="chat messages, each with a role")
-    stream: bool | None = None
-    stream_options: dict[str, Any] | None = None
-    max_tokens: int | None = Field(None, ge=0)
-    max_completion_tokens: int | None = Field(None, ge=0)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
-    seed: int | None = None
-    user: str | None = None
-    cache: dict[str, Any] | None = Field(None, description="cache controls: no-cache, no-store, ttl, s-maxage, namespace")
+@functools.cache
+def chat_request_model() -> type[BaseModel]:
+    """The OpenAPI request model (built on first use: the hot path never needs it)."""
+    from pydantic import ConfigDict, Field
+
+    class ChatCompletionRequest(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        model: str = Field(description="an alias from router.yaml, e.g. smart")
+        messages: list[dict[str, Any]] = Field(min_length=1, description="chat messages, each with a role")
+        stream: bool | None = None
+        stream_options: dict[str, Any] | None = None
+        max_tokens: int | None = Field(None, ge=0)
+        max_completion_tokens: int | None = Field(None, ge=0)
+        temperature: float | None = Field(None, ge=0, le=2)
+        top_p: float | None = Field(None, ge=0, le=1)
+        n: int | None = Field(None, ge=1)
+        stop: str | list[str] | None = None
+        tools: list[dict[str, Any]] | None = None
+        tool_choice: str | dict[str, Any] | None = None
+        response_format: dict[str, Any] | None = None
+        seed: int | None = None
+        user: str | None = None
+        cache: dict[str, Any] | None = Field(None, description="cache controls: no-cache, no-store, ttl, s-maxage, namespace")
+
+    return ChatCompletionRequest
 
 
 def content_text(content: Any) -> Iterable[str]:
@@ -72,7 +80,7 @@ class Chat(Endpoint):
     paths: ClassVar[tuple[str, ...]] = ("/v1/chat/completions", "/chat/completions")
     upstream_path: ClassVar[str] = "/chat/completions"
     prompt_param: ClassVar[str] = "messages"
-    openapi_model = ChatCompletionRequest
+    openapi_model = staticmethod(chat_request_model)
     support: ClassVar[str] = "chat"
     summary: ClassVar[str] = "Chat completion (streaming with stream=true)"
 

@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from gateway.endpoints.base import Endpoint, type_name
 from gateway.endpoints.chat import output_count
 from gateway.errors import invalid_request
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str
-    prompt: str | list[Any]
-    stream: bool | None = None
-    stream_options: dict[str, Any] | None = None
-    max_tokens: int | None = Field(None, ge=0)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    cache: dict[str, Any] | None = None
+@functools.cache
+def completion_request_model() -> type[BaseModel]:
+    """The OpenAPI request model (built on first use: the hot path never needs it)."""
+    from pydantic import ConfigDict, Field
+
+    class CompletionRequest(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        model: str
+        prompt: str | list[Any]
+        stream: bool | None = None
+        stream_options: dict[str, Any] | None = None
+        max_tokens: int | None = Field(None, ge=0)
+        temperature: float | None = Field(None, ge=0, le=2)
+        top_p: float | None = Field(None, ge=0, le=1)
+        stop: str | list[str] | None = None
+        seed: int | None = None
+        cache: dict[str, Any] | None = None
+
+    return CompletionRequest
 
 
 class Completions(Endpoint):
@@ -31,7 +39,7 @@ class Completions(Endpoint):
     paths: ClassVar[tuple[str, ...]] = ("/v1/completions", "/completions")
     upstream_path: ClassVar[str] = "/completions"
     prompt_param: ClassVar[str] = "prompt"
-    openapi_model = CompletionRequest
+    openapi_model = staticmethod(completion_request_model)
     support: ClassVar[str] = "completions"
     summary: ClassVar[str] = "Text completion"
 

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from gateway.endpoints.base import Endpoint, estimate_text_tokens
 from gateway.errors import invalid_request
 
 
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str
-    input: str | list[Any]
-    encoding_format: str | None = None
-    dimensions: int | None = Field(None, ge=1)
-    user: str | None = None
+@functools.cache
+def embedding_request_model() -> type[BaseModel]:
+    """The OpenAPI request model (built on first use: the hot path never needs it)."""
+    from pydantic import ConfigDict, Field
+
+    class EmbeddingRequest(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        model: str
+        input: str | list[Any]
+        encoding_format: str | None = None
+        dimensions: int | None = Field(None, ge=1)
+        user: str | None = None
+
+    return EmbeddingRequest
 
 
 class Embeddings(Endpoint):
@@ -26,7 +34,7 @@ class Embeddings(Endpoint):
     upstream_path: ClassVar[str] = "/embeddings"
     prompt_param: ClassVar[str] = "input"
     streams: ClassVar[bool] = False
-    openapi_model = EmbeddingRequest
+    openapi_model = staticmethod(embedding_request_model)
     support: ClassVar[str] = "embeddings"
     summary: ClassVar[str] = "Embeddings"
 

@@ -6,11 +6,12 @@ Anthropic's shape; usage is `input_tokens` (+ cached) / `output_tokens`."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from gateway.endpoints.base import (
     PER_MESSAGE_OVERHEAD,
@@ -28,26 +29,40 @@ from gateway.translate.common import TranslationError
 from gateway.usage import Usage
 
 
-class MessagesRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str = Field(description="an alias from router.yaml, e.g. smart")
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    max_tokens: int = Field(ge=1)
-    system: str | list[dict[str, Any]] | None = None
-    stream: bool | None = None
-    temperature: float | None = Field(None, ge=0, le=1)
-    top_p: float | None = Field(None, ge=0, le=1)
-    stop_sequences: list[str] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: dict[str, Any] | None = None
+@functools.cache
+def messages_request_model() -> type[BaseModel]:
+    """The OpenAPI request model (built on first use: the hot path never needs it)."""
+    from pydantic import ConfigDict, Field
+
+    class MessagesRequest(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        model: str = Field(description="an alias from router.yaml, e.g. smart")
+        messages: list[dict[str, Any]] = Field(min_length=1)
+        max_tokens: int = Field(ge=1)
+        system: str | list[dict[str, Any]] | None = None
+        stream: bool | None = None
+        temperature: float | None = Field(None, ge=0, le=1)
+        top_p: float | None = Field(None, ge=0, le=1)
+        stop_sequences: list[str] | None = None
+        tools: list[dict[str, Any]] | None = None
+        tool_choice: dict[str, Any] | None = None
+
+    return MessagesRequest
 
 
-class CountTokensRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    system: str | list[dict[str, Any]] | None = None
-    tools: list[dict[str, Any]] | None = None
+@functools.cache
+def count_tokens_request_model() -> type[BaseModel]:
+    """The OpenAPI request model (built on first use: the hot path never needs it)."""
+    from pydantic import ConfigDict, Field
+
+    class CountTokensRequest(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        model: str
+        messages: list[dict[str, Any]] = Field(min_length=1)
+        system: str | list[dict[str, Any]] | None = None
+        tools: list[dict[str, Any]] | None = None
+
+    return CountTokensRequest
 
 
 CHECKS: dict[str, Check] = {
@@ -158,7 +173,7 @@ class Messages(Endpoint):
     upstream_path: ClassVar[str] = "/messages"
     prompt_param: ClassVar[str] = "messages"
     checks: ClassVar[Mapping[str, Check]] = CHECKS
-    openapi_model = MessagesRequest
+    openapi_model = staticmethod(messages_request_model)
     summary: ClassVar[str] = "Anthropic Messages (streaming with stream=true)"
     tag: ClassVar[str] = "anthropic"
     error_style: ClassVar[str] = "anthropic"
@@ -233,7 +248,7 @@ class CountTokens(Endpoint):
     prompt_param: ClassVar[str] = "messages"
     streams: ClassVar[bool] = False
     checks: ClassVar[Mapping[str, Check]] = CHECKS
-    openapi_model = CountTokensRequest
+    openapi_model = staticmethod(count_tokens_request_model)
     summary: ClassVar[str] = "Anthropic token count of a Messages request"
     tag: ClassVar[str] = "anthropic"
     error_style: ClassVar[str] = "anthropic"

@@ -7,11 +7,12 @@ for a translated deployment the gateway keeps the conversation and sends it whol
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from gateway.endpoints.base import Check, Endpoint, estimate_text_tokens, is_int, is_number, type_name
 from gateway.endpoints.messages import _translated
@@ -21,18 +22,25 @@ from gateway.translate import responses as tr
 from gateway.usage import Usage
 
 
-class ResponsesRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str = Field(description="an alias from router.yaml, e.g. smart")
-    input: str | list[dict[str, Any]]
-    instructions: str | None = None
-    previous_response_id: str | None = None
-    max_output_tokens: int | None = Field(None, ge=1)
-    stream: bool | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    tools: list[dict[str, Any]] | None = None
-    store: bool | None = None
+@functools.cache
+def responses_request_model() -> type[BaseModel]:
+    """The OpenAPI request model (built on first use: the hot path never needs it)."""
+    from pydantic import ConfigDict, Field
+
+    class ResponsesRequest(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        model: str = Field(description="an alias from router.yaml, e.g. smart")
+        input: str | list[dict[str, Any]]
+        instructions: str | None = None
+        previous_response_id: str | None = None
+        max_output_tokens: int | None = Field(None, ge=1)
+        stream: bool | None = None
+        temperature: float | None = Field(None, ge=0, le=2)
+        top_p: float | None = Field(None, ge=0, le=1)
+        tools: list[dict[str, Any]] | None = None
+        store: bool | None = None
+
+    return ResponsesRequest
 
 
 CHECKS: dict[str, Check] = {
@@ -77,7 +85,7 @@ class Responses(Endpoint):
     upstream_path: ClassVar[str] = "/responses"
     prompt_param: ClassVar[str] = "input"
     checks: ClassVar[Mapping[str, Check]] = CHECKS
-    openapi_model = ResponsesRequest
+    openapi_model = staticmethod(responses_request_model)
     summary: ClassVar[str] = "OpenAI Responses (streaming with stream=true)"
     support: ClassVar[str] = "responses"
     cacheable: ClassVar[bool] = False  # answers carry ids that follow-ups name
