@@ -364,7 +364,8 @@ class Proxy:
                     endpoint=api.name, path=api.upstream_path, body=call.body,
                     payload=orjson.dumps(api.upstream_body(call.body, dep.served_model, call.stream,
                                                            call.wants_usage)) if dep.native else b"",
-                    stream=call.stream, request_id=call.upstream_request_id, first_byte_timeout=first_byte_timeout))
+                    stream=call.stream, request_id=call.upstream_request_id, first_byte_timeout=first_byte_timeout,
+                    headers=api.upstream_headers(call.headers)))
             elif (local := api.answer_locally(call.body)) is not None:
                 reply = UpstreamReply(200, orjson.dumps(local), 0.0)
             else:

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import metric_value, metrics
+from tests.helpers import metric_value, metrics, sim_stats
 from tests.procs import Proc, start_gateway, start_simulator
 
 MASTER = "sk-master-agents-0123456789"
@@ -103,7 +103,7 @@ def test_count_tokens(gw: Proc, alias: str) -> None:
     assert n.input_tokens > 10
 
 
-def test_messages_errors_raise_the_sdk_classes(gw: Proc) -> None:
+def test_messages_errors_raise_the_sdk_classes(gw: Proc, sims: tuple[Proc, Proc]) -> None:
     with pytest.raises(anthropic.NotFoundError) as nf:
         ant(gw).messages.create(model="nope", max_tokens=4, messages=[{"role": "user", "content": "hi"}])
     assert nf.value.body["type"] == "error" and nf.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
@@ -116,10 +116,16 @@ def test_messages_errors_raise_the_sdk_classes(gw: Proc) -> None:
     with pytest.raises(anthropic.RateLimitError) as rl:
         ant(gw, key).messages.create(model="native", max_tokens=2, messages=[{"role": "user", "content": "two"}])
     assert rl.value.response.headers.get("retry-after")
-    # x-api-key (what Claude Code sends) works like a bearer token
-    r = httpx.post(f"{gw.url}/v1/messages", headers={"x-api-key": MASTER, "anthropic-version": "2023-06-01"},
+    # x-api-key (what Claude Code sends) works like a bearer token; anthropic-version and anthropic-beta reach
+    # a native upstream, the client's key never does
+    r = httpx.post(f"{gw.url}/v1/messages", headers={"x-api-key": MASTER, "anthropic-version": "2023-06-01",
+                                                     "anthropic-beta": "tools-2024-04-04"},
                    json={"model": "native", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 200 and r.json()["type"] == "message"
+    holder = next(s for s in sims if sim_stats(s)["last_path"] == "/v1/messages")
+    seen = sim_stats(holder)["last_headers"]
+    assert seen["anthropic-version"] == "2023-06-01" and seen["anthropic-beta"] == "tools-2024-04-04"
+    assert MASTER not in str(seen)
 
 
 @pytest.mark.parametrize("alias", ["native", "translated"])

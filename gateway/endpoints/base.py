@@ -95,6 +95,7 @@ class Endpoint:
     cacheable: ClassVar[bool] = True  # the response cache may answer it
     replayable: ClassVar[bool] = True  # a cached answer can be replayed as this endpoint's stream
     remembers: ClassVar[bool] = False  # its answers are kept for follow-ups (gateway/followups.py)
+    passed_headers: ClassVar[tuple[bytes, ...]] = ()  # client headers a native upstream receives too
 
     # -- the request -------------------------------------------------------------------------------
 
@@ -166,6 +167,11 @@ class Endpoint:
     def estimate_stream_tokens(self, chunks: Iterable[Mapping[str, Any]]) -> tuple[int, str]:
         text, n = self.stream_output(chunks)
         return (max(n, estimate_text_tokens(text)) if text else 0), text
+
+    def upstream_headers(self, headers: Mapping[bytes, bytes]) -> dict[str, str] | None:
+        """The client's headers this API passes on to a native upstream (never credentials)."""
+        out = {k.decode("latin-1"): v.decode("latin-1") for k in self.passed_headers if (v := headers.get(k))}
+        return out or None
 
     # -- streams -----------------------------------------------------------------------------------
 

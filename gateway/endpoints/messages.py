@@ -178,6 +178,7 @@ class Messages(Endpoint):
     tag: ClassVar[str] = "anthropic"
     error_style: ClassVar[str] = "anthropic"
     support: ClassVar[str] = "messages"
+    passed_headers: ClassVar[tuple[bytes, ...]] = (b"anthropic-version", b"anthropic-beta")
     cacheable: ClassVar[bool] = True
     replayable: ClassVar[bool] = False  # exact cache for plain answers; streams are not replayed
 
@@ -253,6 +254,7 @@ class CountTokens(Endpoint):
     tag: ClassVar[str] = "anthropic"
     error_style: ClassVar[str] = "anthropic"
     support: ClassVar[str] = "messages"
+    passed_headers: ClassVar[tuple[bytes, ...]] = (b"anthropic-version", b"anthropic-beta")
     metered: ClassVar[bool] = False
     cacheable: ClassVar[bool] = False
 

@@ -20,6 +20,7 @@ class UpstreamRequest:
     stream: bool
     request_id: str
     first_byte_timeout: float | None  # stream_timeout: bound on the wait for a stream's first byte
+    headers: Mapping[str, str] | None = None  # client headers the endpoint passes on (anthropic-version, …)
 
 
 @dataclass(slots=True)

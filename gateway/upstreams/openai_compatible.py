@@ -98,7 +98,7 @@ class OpenAICompatible:
             t = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds, sock_connect=min(10.0, seconds))
         return t
 
-    def headers(self, dep: Deployment, request_id: str) -> dict[str, str]:
+    def headers(self, dep: Deployment, request_id: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         key = (dep.id, dep.api_key)
         base = self._headers.get(key)
         if base is None:
@@ -106,18 +106,20 @@ class OpenAICompatible:
             if dep.api_key:
                 base["Authorization"] = f"Bearer {dep.api_key}"
             self._headers[key] = base
-        return {**base, "X-Request-Id": request_id}
+        return {**extra, **base, "X-Request-Id": request_id} if extra else {**base, "X-Request-Id": request_id}
 
     async def send(self, dep: Deployment, req: UpstreamRequest) -> UpstreamReply | EventStream:
         if req.stream:
-            return await self.stream(dep, req.path, req.payload, req.request_id, req.first_byte_timeout)
-        return await self.request(dep, req.path, req.payload, req.request_id)
+            return await self.stream(dep, req.path, req.payload, req.request_id, req.first_byte_timeout,
+                                     req.headers)
+        return await self.request(dep, req.path, req.payload, req.request_id, req.headers)
 
-    async def request(self, dep: Deployment, path: str, body: bytes, request_id: str) -> UpstreamReply:
+    async def request(self, dep: Deployment, path: str, body: bytes, request_id: str,
+                      extra_headers: Mapping[str, str] | None = None) -> UpstreamReply:
         url = f"{dep.api_base}{path}"
         t0 = time.perf_counter()
         try:
-            async with self.session.post(url, data=body, headers=self.headers(dep, request_id),
+            async with self.session.post(url, data=body, headers=self.headers(dep, request_id, extra_headers),
                                          timeout=self._timeout(dep.timeout)) as resp:
                 data = await resp.read()
                 status = resp.status
@@ -128,7 +130,8 @@ class OpenAICompatible:
             raise transport_error(exc, False, f"no answer within {dep.timeout:g}s") from None
 
     async def stream(self, dep: Deployment, path: str, body: bytes, request_id: str,
-                     first_byte_timeout: float | None) -> UpstreamStream:
+                     first_byte_timeout: float | None, extra_headers: Mapping[str, str] | None = None
+                     ) -> UpstreamStream:
         """Open a stream and wait for its first piece of body (bounded by stream_timeout)."""
         url = f"{dep.api_base}{path}"
         t0 = time.perf_counter()
@@ -136,7 +139,7 @@ class OpenAICompatible:
         limit = first_byte_timeout or dep.timeout
         try:
             async with asyncio.timeout(limit):
-                resp = await self.session.post(url, data=body, headers=self.headers(dep, request_id),
+                resp = await self.session.post(url, data=body, headers=self.headers(dep, request_id, extra_headers),
                                                timeout=self._timeout(dep.timeout))
                 if resp.status >= 400:
                     data = await resp.read()
