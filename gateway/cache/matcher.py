@@ -32,7 +32,6 @@ import gzip
 import json
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -422,7 +421,3 @@ class Matcher:
         if p < self.threshold and self.model.rule_ok(query, candidate, cos):
             return Verdict(True, p, None)
         return Verdict(p >= self.threshold, p, None if p >= self.threshold else "confirm")
-
-
-def count_reasons(verdicts: list[Verdict]) -> Counter[str]:
-    return Counter(v.reason or "ok" for v in verdicts)

@@ -32,9 +32,6 @@ class Entry:
     text: str | None = None
     vector: bytes | None = None    # float16 little-endian
 
-    def ttl_left(self, now: float) -> float | None:
-        return None if self.expires_at is None else self.expires_at - now
-
 
 class MemoryStore:
     """In-process store (no Redis configured): LRU-bounded, expiry checked on read."""

@@ -84,7 +84,6 @@ class Ticket:
     flags: int
     reserve: int      # nano-USD
     est: int          # prompt tokens counted into the TPM window at admission
-    degraded: bool = False
     prompt: int = 0
     completion: int = 0
     cost: int = 0
@@ -327,10 +326,9 @@ class KeyService:
         if call.alias in self._config().aliases:
             call.ticket = Ticket("", "", "master", "", now_ms(), 0, 0, 0)
 
-    def _ticket(self, h: str, caller: Caller, team: str, flags: int, reserve: int, est: int, now: int,
-                degraded: bool = False) -> Ticket:
+    def _ticket(self, h: str, caller: Caller, team: str, flags: int, reserve: int, est: int, now: int) -> Ticket:
         return Ticket(f"{self._tid_prefix}{next(self._tid_count):x}", h, caller.key_alias, team, now, flags, reserve,
-                      est, degraded)
+                      est)
 
     def _worst_case(self, call: Call, alias: str, config: GatewayConfig) -> tuple[int, int]:
         """(reservation in nano-USD, prompt-token estimate): the dearest alias the request can be served by
@@ -452,7 +450,7 @@ class KeyService:
                 raise GatewayError(503, "Limits cannot be checked (the state Redis is unreachable) and "
                                         "GATEWAY_LIMITS_FAIL_MODE is closed", "service_unavailable", None,
                                    "limits_unavailable", {"Retry-After": "5"})
-            call.ticket = self._ticket(h, entry.caller, entry.key.team, 0, 0, 0, now_ms(), degraded=True)
+            call.ticket = self._ticket(h, entry.caller, entry.key.team, 0, 0, 0, now_ms())
         return entry.caller
 
     def _store_error(self, exc: Exception) -> None:
@@ -473,13 +471,6 @@ class KeyService:
         t.model, t.dep, t.used = dep.served_model, dep.id, True
         if t.finished:
             self._settle(t)
-
-    def cache_hit(self, call: Call) -> None:
-        """A response served from the cache: it counted toward RPM at admission and costs nothing.
-        Nothing else to do — `finish` releases the reservation with zero cost and writes the ledger entry
-        with the cache result — but calling this right after the hit frees the slot a little earlier."""
-        if call.ticket is not None and not call.ticket.finished:
-            self.finish(call)
 
     def finish(self, call: Call) -> None:
         """From the end of the request (Proxy._record_request): settle now, or when the usage arrives."""

@@ -81,6 +81,21 @@ def upstream_message(body: bytes) -> str:
     return "the upstream gave no error message"
 
 
+def upstream_param_code(body: bytes) -> tuple[str | None, str | None]:
+    """The `param` and `code` of an OpenAI-shaped upstream error (`{"error": {"message": ...}}`, or vLLM's
+    flat `{"object": "error", "message": ...}`); None where absent or not a string (vLLM's `code` is the
+    HTTP status, which the client already has)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    err = data.get("error", data) if isinstance(data, Mapping) else None
+    if not isinstance(err, Mapping) or not isinstance(err.get("message"), str):
+        return None, None
+    param, code = err.get("param"), err.get("code")
+    return (param[:200] if isinstance(param, str) else None, code[:200] if isinstance(code, str) else None)
+
+
 def classify(kind: str, status: int | None, body: bytes) -> Failure:
     if kind != "status" or status is None:
         return Failure(kind)

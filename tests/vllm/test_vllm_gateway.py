@@ -169,10 +169,6 @@ def test_vllm_bad_max_tokens_is_400_invalid_request(gateway: Proc) -> None:
     assert error_of(info.value)["type"] == "invalid_request_error"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "gateway: an upstream 4xx loses vLLM's `param` (vLLM says "
-    "param='max_tokens'; the gateway answers param=null): "
-    "gateway/protocol.py error_for_status() sets param None"))
 def test_vllm_bad_max_tokens_keeps_param(gateway: Proc) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client(gateway).chat.completions.create(model="large", messages=QUESTION, max_tokens=0)
