@@ -30,7 +30,7 @@ from gateway.endpoints import BY_NAME, Endpoint
 from gateway.errors import GatewayError
 from gateway.followups import FollowUps
 from gateway.metrics import Metrics
-from gateway.protocol import error_for_status, parse_json_body
+from gateway.protocol import parse_json_body, upstream_client_error
 from gateway.responses import Response, start_sse
 from gateway.router import NoDeployment, RouterState
 from gateway.settings import Settings
@@ -320,7 +320,7 @@ class Proxy:
                     raise _ContextExceeded(errors.invalid_request(
                         upstream_message(exc.body), call.api.prompt_param, "context_length_exceeded")) from None
                 if not exc.retryable:
-                    raise error_for_status(exc.status or 400, upstream_message(exc.body)) from None
+                    raise upstream_client_error(exc.status or 400, exc.body) from None
                 attempts.append(Attempt(dep.id, exc))
                 if exc.policy.cooldown and router.record_failure(dep, settings, len(config.aliases[alias])):
                     self.metrics.cooldowns.labels(alias, dep.id).inc()
