@@ -102,6 +102,7 @@ class EngineMonitor:
         self._clock = clock
         self._loads: dict[str, EngineLoad] = {}
         self._not_before: dict[str, float] = {}  # deployments without engine metrics: next try
+        self._named: set[str] = set()  # deployments already named in the log as having no metrics
 
     def load(self, dep_id: str) -> EngineLoad | None:
         e = self._loads.get(dep_id)
@@ -125,20 +126,31 @@ class EngineMonitor:
     async def _poll(self, t: EngineTarget) -> None:
         before = self._in_flight(t.id)
         try:
-            text = await self._fetch(t.url, max(0.05, self.interval * 2), t.api_key)
-            parsed = parse_vllm_metrics(text, t.model)
-        except Exception as exc:  # noqa: BLE001 - no metrics: fall back to in-flight counts
+            text = await self._fetch(t.url, max(1.0, self.interval * 2), t.api_key)
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, TimeoutError | OSError | ConnectionError) or "Timeout" in type(exc).__name__ \
+                    or getattr(exc, "kind", "") in ("timeout", "connect", "drop"):
+                # a busy engine answers its /metrics slowly: keep the last reading until it goes stale and
+                # try again at the next poll (forgetting it would make a saturated engine look idle)
+                return
             parsed = None
-            if t.id not in self._not_before:
-                log.info("deployment %s: no engine metrics at %s (%s); routing on in-flight counts",
-                         t.id, t.url, type(exc).__name__)
+            self._forget(t, type(exc).__name__)
+            return
+        parsed = parse_vllm_metrics(text, t.model)
         if parsed is None:
-            self._loads.pop(t.id, None)
-            self._not_before[t.id] = self._clock() + self.retry_after
+            self._forget(t, "no vLLM series")
             return
         self._not_before.pop(t.id, None)
         running, waiting, kv = parsed
         self._loads[t.id] = EngineLoad(running, waiting, kv, self._clock(), before)
+
+    def _forget(self, t: EngineTarget, why: str) -> None:
+        """A deployment without engine metrics (404, not vLLM): in-flight counts decide; asked again later."""
+        self._loads.pop(t.id, None)
+        self._not_before[t.id] = self._clock() + self.retry_after
+        if t.id not in self._named:
+            self._named.add(t.id)
+            log.info("deployment %s: no engine metrics at %s (%s); routing on in-flight counts", t.id, t.url, why)
 
     async def run(self) -> None:
         while True:

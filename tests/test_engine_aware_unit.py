@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from gateway.engine import EngineLoad, EngineMonitor, EngineTarget, metrics_url, parse_vllm_metrics
 from gateway.strategies import RouteRequest
 from gateway.strategies.engine_aware import EngineAware, EngineAwareOptions, affinity_key, rendezvous_order
+from gateway.upstreams import UpstreamError
 
 VLLM_TEXT = """# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
@@ -151,11 +152,14 @@ def test_affinity_slack_bounds_the_imbalance() -> None:
 def test_monitor_polls_targets_and_forgets_failures() -> None:
     calls: list[str] = []
     now = [100.0]
+    slow = [False]
 
     async def fetch(url: str, timeout: float, api_key: str | None) -> str:
         calls.append(url)
         if "bad" in url:
-            raise ConnectionError("refused")
+            raise UpstreamError("status", "HTTP 404", 404)  # no /metrics: not a vLLM engine
+        if slow[0]:
+            raise TimeoutError
         return VLLM_TEXT
 
     targets = [EngineTarget("good", "smol", "http://good/metrics", None),
@@ -168,5 +172,11 @@ def test_monitor_polls_targets_and_forgets_failures() -> None:
     assert mon.load("bad") is None
     asyncio.run(mon.poll_once())
     assert calls.count("http://bad/metrics") == 1  # not polled again before retry_after
-    now[0] += 3.0  # older than stale_after × interval (2 s): no longer trusted
+    # a busy engine that answers /metrics too slowly keeps its last reading (it must not look idle) ...
+    slow[0] = True
+    now[0] += 1.0
+    asyncio.run(mon.poll_once())
+    assert mon.load("good") == good
+    assert calls.count("http://good/metrics") == 3  # ... and is asked again at the next poll
+    now[0] += 2.0  # older than stale_after × interval (2 s): no longer trusted
     assert mon.load("good") is None

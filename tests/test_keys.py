@@ -92,7 +92,7 @@ async def burst(clients: list[openai.AsyncOpenAI], n: int, model: str = "smart",
     return await asyncio.gather(*(one(i) for i in range(n)))
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 5.0) -> Any:
+def wait_for(pred: Callable[[], Any], timeout: float = 15.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
