@@ -5,6 +5,9 @@ gateway in front of them.
 - Aliases of the gateway: `small` -> small (context_window_fallbacks to `large`), `large` -> large,
   `tiny` -> small with no fallback (vLLM's own context error reaches the client), `ghost` -> small
   asking for a model name vLLM does not serve (vLLM's 404).
+- `twin` (context 2048, --max-num-seqs 8) starts with them only when a selected test uses the `vllm_twin`
+  fixture (test_engine_aware_vllm.py: `large` and `twin` as two deployments of one alias), and stops when
+  that module is done.
 
 Never skipped silently: when vLLM is not installed or does not start, every test of the tier fails with
 the reason. GATEWAY_SKIP_VLLM=1 skips the tier (docs/vllm.md).
@@ -32,6 +35,7 @@ TWIN_FIXTURE = "vllm_twin"
 TWIN_MAX_NUM_SEQS = 8  # a batch small enough for a few clients to fill (test_engine_aware_vllm.py)
 TIMEOUT = 180  # seconds a test may take: a loaded 2-core machine generates ~5-15 tokens/s
 STARTS: dict[str, float] = {}  # seconds each server took to answer, for the summary
+NOTES: list[str] = []  # figures the tests measured, printed in the summary
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -47,6 +51,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if STARTS:
         times = ", ".join(f"{name} {sec:.0f}s" for name, sec in STARTS.items())
         terminalreporter.write_line(f"real vLLM tier: servers started in {times}")
+    for note in NOTES:
+        terminalreporter.write_line(f"real vLLM tier: {note}")
 
 
 @dataclass

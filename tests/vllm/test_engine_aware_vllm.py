@@ -31,7 +31,7 @@ from gateway.strategies.engine_aware import affinity_key, rendezvous_order
 from tests.helpers import metric_value, metrics
 from tests.procs import Proc, start_gateway
 from tests.vllm import servers
-from tests.vllm.conftest import TIMEOUT, TWIN_MAX_NUM_SEQS, Vllm, vllm_deployment, wait_until
+from tests.vllm.conftest import NOTES, TIMEOUT, TWIN_MAX_NUM_SEQS, Vllm, vllm_deployment, wait_until
 
 ALIAS = "agent"
 STRATEGY = "engine-aware"
@@ -164,7 +164,7 @@ def test_interleaved_conversations_keep_their_prefix_cache_on_two_servers(
     before = prefix_counters(pair)
     t0 = time.monotonic()
     run_conversations(sdk_for(large.url), servers.SERVED, "single")
-    print(f"\nsingle run {time.monotonic() - t0:.1f}s")
+    single_s = time.monotonic() - t0
     after = prefix_counters(pair)
     single = (after[0] - before[0]) / (after[1] - before[1])
 
@@ -175,11 +175,11 @@ def test_interleaved_conversations_keep_their_prefix_cache_on_two_servers(
     before = prefix_counters(pair)
     t0 = time.monotonic()
     served = run_conversations(sdk_for(router.url), ALIAS, "routed")
-    print(f"\nrouted run {time.monotonic() - t0:.1f}s")
+    routed_s = time.monotonic() - t0
     after = prefix_counters(pair)
     routed = (after[0] - before[0]) / (after[1] - before[1])
-    print(f"\nprefix-cache hit ratio: one server {single:.3f}, two servers through engine-aware {routed:.3f} "
-          f"({routed / single:.2f}x); conversations per server: "
+    NOTES.append(f"prefix-cache hit ratio: one server {single:.3f} ({single_s:.0f}s), two servers through engine-aware "
+          f"{routed:.3f} ({routed_s:.0f}s): {routed / single:.2f}x; conversations per server: "
           f"{ {d: sum(1 for s in served if s == {d}) for d in ids(pair)} }")
 
     assert served == [{h} for h in homes], served  # every conversation stayed on its home server
@@ -227,11 +227,9 @@ async def test_server_saturated_behind_the_gateways_back_gets_no_new_requests(
             # the engine says it is full (8 running, 2 waiting), then the gateway's router has read it
             t0 = time.monotonic()
             state = await asyncio.to_thread(wait_until, lambda: engine_queue(busy) == full, 120)
-            print(f"\nfull after {time.monotonic() - t0:.1f}s")
             assert engine_queue(busy) == full, state
             view = await asyncio.to_thread(wait_until, lambda: router_view(router, str(busy.extra["name"])) == full, 30)
             assert view, view
-            print(f"router saw it after {time.monotonic() - t0:.1f}s")
             for body in bodies:
                 try:
                     async with http.stream("POST", f"{router.url}/v1/chat/completions", json={**body, "stream": True},
@@ -243,7 +241,6 @@ async def test_server_saturated_behind_the_gateways_back_gets_no_new_requests(
                             await resp.aread()  # a short answer from the idle server; the busy one would queue it
                 except httpx.ReadTimeout:  # no first byte: queued behind the direct clients
                     picked.append(f"no answer within {ANSWER_WITHIN}s")
-            print(f"20 requests after {time.monotonic() - t0:.1f}s")
             still_full = engine_queue(busy)
             running = sum(1 for h in holders if not h.done())
         finally:
@@ -251,11 +248,10 @@ async def test_server_saturated_behind_the_gateways_back_gets_no_new_requests(
                 h.cancel()
             await asyncio.gather(*holders, return_exceptions=True)
         freed = await asyncio.to_thread(wait_until, lambda: engine_queue(busy) == (0.0, 0.0), 60)
-    print(f"drained after {time.monotonic() - t0:.1f}s")
     to_idle = picked.count(str(idle.extra["name"]))
     reasons = delta(decisions(router), seen)
-    print(f"\nsaturated server: {to_idle} of {len(picked)} new requests to the idle one; reasons {reasons}; "
-          f"{homed_busy} of them homed on the busy one")
+    NOTES.append(f"saturated server: {to_idle} of {len(picked)} new requests to the idle one; reasons {reasons}; "
+          f"{homed_busy} of them homed on the busy one; {time.monotonic() - t0:.0f}s")
     assert running == HOLDERS and still_full == full, (running, still_full)  # busy stayed busy throughout
     assert to_idle >= 18, (picked, [line for line in router.log().splitlines() if "no engine metrics" in line])
     assert sum(reasons.values()) == 20, reasons
