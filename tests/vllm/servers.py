@@ -24,6 +24,7 @@ PYTHON = HOME / "vllm-venv" / "bin" / "python"
 MODEL_DIR = HOME / "smollm2-135m-instruct"
 SERVED = "SmolLM2-135M-Instruct"
 SKIP_ENV = "GATEWAY_SKIP_VLLM"
+CPU_MAX_NUM_SEQS = 128  # vLLM 0.32's --max-num-seqs default for the API server on a CPU
 START_TIMEOUT = float(os.environ.get("GATEWAY_VLLM_START_TIMEOUT", "300"))
 
 
@@ -49,8 +50,10 @@ class VllmProc(Proc):
         return code
 
 
-def start_vllm(name: str, max_model_len: int, workdir: Path, port: int | None = None) -> VllmProc:
-    """Spawn one server (not waiting for it: see wait_ready)."""
+def start_vllm(name: str, max_model_len: int, workdir: Path, port: int | None = None,
+               max_num_seqs: int | None = None) -> VllmProc:
+    """Spawn one server (not waiting for it: see wait_ready). `max_num_seqs`: vLLM's --max-num-seqs (its
+    default on a CPU is 128)."""
     port = port or free_port()
     cache, tmp = workdir / f"{name}-cache", workdir / f"{name}-tmp"
     cache.mkdir(parents=True, exist_ok=True)
@@ -77,13 +80,15 @@ def start_vllm(name: str, max_model_len: int, workdir: Path, port: int | None = 
         "--enable-prompt-tokens-details",
         "--host", "127.0.0.1", "--port", str(port),
         "--uvicorn-log-level", "warning",
+        *(("--max-num-seqs", str(max_num_seqs)) if max_num_seqs else ()),
     ]
     log = Path(tempfile.mkstemp(prefix=f"vllm-{name}-", suffix=".log", dir=workdir)[1])
     with open(log, "wb") as fh:
         popen = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=workdir,
                                  start_new_session=True)
     proc = VllmProc(popen=popen, port=port, log_path=log)
-    proc.extra.update(name=name, max_model_len=max_model_len, started=time.monotonic())
+    proc.extra.update(name=name, max_model_len=max_model_len, max_num_seqs=max_num_seqs or CPU_MAX_NUM_SEQS,
+                      started=time.monotonic())
     return proc
 
 
