@@ -27,6 +27,17 @@ def estimate_text_tokens(text: str) -> int:
     return max(1, (len(text.encode("utf-8", "ignore")) + 3) // 4)
 
 
+def tools_tokens(body: Mapping[str, Any]) -> int:
+    """Heuristic size of the request's tool definitions."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return 0
+    try:
+        return estimate_text_tokens(orjson.dumps(tools).decode())
+    except TypeError:  # nested past orjson's own limit: the body check rejects it before this
+        return 0
+
+
 def type_name(v: Any) -> str:
     if v is None:
         return "null"
@@ -96,6 +107,7 @@ class Endpoint:
     replayable: ClassVar[bool] = True  # a cached answer can be replayed as this endpoint's stream
     remembers: ClassVar[bool] = False  # its answers are kept for follow-ups (gateway/followups.py)
     passed_headers: ClassVar[tuple[bytes, ...]] = ()  # client headers a native upstream receives too
+    stream_usage_option: ClassVar[bool] = True  # its streams take OpenAI's stream_options.include_usage
 
     # -- the request -------------------------------------------------------------------------------
 
@@ -144,7 +156,7 @@ class Endpoint:
         out = dict(body)
         out["model"] = served_model
         out.pop("cache", None)
-        if stream and not wants_usage:
+        if stream and not wants_usage and self.stream_usage_option:
             so = out.get("stream_options")
             out["stream_options"] = {**so, "include_usage": True} if isinstance(so, dict) else {"include_usage": True}
         return out

@@ -6,10 +6,16 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-import orjson
 from pydantic import BaseModel
 
-from gateway.endpoints.base import PER_MESSAGE_OVERHEAD, Endpoint, estimate_text_tokens, is_int, type_name
+from gateway.endpoints.base import (
+    PER_MESSAGE_OVERHEAD,
+    Endpoint,
+    estimate_text_tokens,
+    is_int,
+    tools_tokens,
+    type_name,
+)
 from gateway.errors import invalid_request
 
 
@@ -123,14 +129,7 @@ class Chat(Endpoint):
     def estimate_prompt_tokens(self, body: Mapping[str, Any]) -> int:
         messages = body.get("messages")
         n_messages = len(messages) if isinstance(messages, list) else 0
-        tools = body.get("tools")
-        tool_tokens = 0
-        if isinstance(tools, list) and tools:
-            try:
-                tool_tokens = estimate_text_tokens(orjson.dumps(tools).decode())
-            except TypeError:  # nested past orjson's own limit: the body check rejects it before this
-                tool_tokens = 0
-        return estimate_text_tokens(self.prompt_text(body)) + PER_MESSAGE_OVERHEAD * n_messages + tool_tokens
+        return estimate_text_tokens(self.prompt_text(body)) + PER_MESSAGE_OVERHEAD * n_messages + tools_tokens(body)
 
     def worst_case_output(self, body: Mapping[str, Any], default: int) -> int:
         mt = body.get("max_completion_tokens")

@@ -34,6 +34,7 @@ class Embeddings(Endpoint):
     upstream_path: ClassVar[str] = "/embeddings"
     prompt_param: ClassVar[str] = "input"
     streams: ClassVar[bool] = False
+    stream_usage_option: ClassVar[bool] = False
     openapi_model = staticmethod(embedding_request_model)
     support: ClassVar[str] = "embeddings"
     summary: ClassVar[str] = "Embeddings"
@@ -59,9 +60,3 @@ class Embeddings(Endpoint):
             return inp
         return "\n".join(x for x in inp if isinstance(x, str)) if isinstance(inp, list) else ""
 
-    def upstream_body(self, body: Mapping[str, Any], served_model: str, stream: bool, wants_usage: bool
-                      ) -> dict[str, Any]:
-        out = dict(body)
-        out["model"] = served_model
-        out.pop("cache", None)
-        return out

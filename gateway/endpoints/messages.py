@@ -20,6 +20,7 @@ from gateway.endpoints.base import (
     estimate_text_tokens,
     is_int,
     is_number,
+    tools_tokens,
     type_name,
 )
 from gateway.errors import invalid_request
@@ -125,15 +126,8 @@ def _prompt_text(body: Mapping[str, Any]) -> str:
 
 def _estimate(body: Mapping[str, Any]) -> int:
     messages = body.get("messages")
-    tools = body.get("tools")
-    tool_tokens = 0
-    if isinstance(tools, list) and tools:
-        try:
-            tool_tokens = estimate_text_tokens(orjson.dumps(tools).decode())
-        except TypeError:
-            tool_tokens = 0
     n = len(messages) if isinstance(messages, list) else 0
-    return estimate_text_tokens(_prompt_text(body)) + PER_MESSAGE_OVERHEAD * n + tool_tokens
+    return estimate_text_tokens(_prompt_text(body)) + PER_MESSAGE_OVERHEAD * n + tools_tokens(body)
 
 
 def _translated(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -173,6 +167,7 @@ class Messages(Endpoint):
     upstream_path: ClassVar[str] = "/messages"
     prompt_param: ClassVar[str] = "messages"
     checks: ClassVar[Mapping[str, Check]] = CHECKS
+    stream_usage_option: ClassVar[bool] = False
     openapi_model = staticmethod(messages_request_model)
     summary: ClassVar[str] = "Anthropic Messages (streaming with stream=true)"
     tag: ClassVar[str] = "anthropic"
@@ -197,12 +192,6 @@ class Messages(Endpoint):
         mt = body.get("max_tokens")
         return mt if is_int(mt) and mt >= 0 else default
 
-    def upstream_body(self, body: Mapping[str, Any], served_model: str, stream: bool, wants_usage: bool
-                      ) -> dict[str, Any]:
-        out = dict(body)
-        out["model"] = served_model
-        out.pop("cache", None)
-        return out
 
     def usage(self, data: Mapping[str, Any] | None) -> Usage | None:
         return anthropic_usage(data)
@@ -249,6 +238,7 @@ class CountTokens(Endpoint):
     prompt_param: ClassVar[str] = "messages"
     streams: ClassVar[bool] = False
     checks: ClassVar[Mapping[str, Check]] = CHECKS
+    stream_usage_option: ClassVar[bool] = False
     openapi_model = staticmethod(count_tokens_request_model)
     summary: ClassVar[str] = "Anthropic token count of a Messages request"
     tag: ClassVar[str] = "anthropic"

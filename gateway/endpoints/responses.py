@@ -11,10 +11,17 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-import orjson
 from pydantic import BaseModel
 
-from gateway.endpoints.base import Check, Endpoint, estimate_text_tokens, is_int, is_number, type_name
+from gateway.endpoints.base import (
+    Check,
+    Endpoint,
+    estimate_text_tokens,
+    is_int,
+    is_number,
+    tools_tokens,
+    type_name,
+)
 from gateway.endpoints.messages import _translated
 from gateway.errors import invalid_request
 from gateway.streaming import EventTally
@@ -85,6 +92,7 @@ class Responses(Endpoint):
     upstream_path: ClassVar[str] = "/responses"
     prompt_param: ClassVar[str] = "input"
     checks: ClassVar[Mapping[str, Check]] = CHECKS
+    stream_usage_option: ClassVar[bool] = False
     openapi_model = staticmethod(responses_request_model)
     summary: ClassVar[str] = "OpenAI Responses (streaming with stream=true)"
     support: ClassVar[str] = "responses"
@@ -102,25 +110,12 @@ class Responses(Endpoint):
         return "\n".join([*_text(body.get("instructions")), *_text(body.get("input"))])
 
     def estimate_prompt_tokens(self, body: Mapping[str, Any]) -> int:
-        tools = body.get("tools")
-        tool_tokens = 0
-        if isinstance(tools, list) and tools:
-            try:
-                tool_tokens = estimate_text_tokens(orjson.dumps(tools).decode())
-            except TypeError:
-                tool_tokens = 0
-        return estimate_text_tokens(self.prompt_text(body)) + tool_tokens
+        return estimate_text_tokens(self.prompt_text(body)) + tools_tokens(body)
 
     def worst_case_output(self, body: Mapping[str, Any], default: int) -> int:
         mt = body.get("max_output_tokens")
         return mt if is_int(mt) and mt >= 0 else default
 
-    def upstream_body(self, body: Mapping[str, Any], served_model: str, stream: bool, wants_usage: bool
-                      ) -> dict[str, Any]:
-        out = dict(body)
-        out["model"] = served_model
-        out.pop("cache", None)
-        return out
 
     def usage(self, data: Mapping[str, Any] | None) -> Usage | None:
         if not isinstance(data, Mapping):
