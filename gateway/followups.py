@@ -15,13 +15,16 @@ import orjson
 log = logging.getLogger("gateway.followups")
 
 MAX_ITEMS_BYTES = 1 << 20  # a conversation larger than this is not kept (its follow-up gets a clear 404)
+MAX_LOCAL_BYTES = 64 << 20  # the in-process store (no Redis) holds at most this much, oldest use out first
 
 
 class FollowUps:
     def __init__(self, redis_url: str | None, prefix: str, ttl: float = 3600.0, max_local: int = 20_000,
-                 timeout: float = 1.0) -> None:
+                 timeout: float = 1.0, max_local_bytes: int = MAX_LOCAL_BYTES) -> None:
         self.ttl = ttl
         self.max_local = max_local
+        self.max_local_bytes = max_local_bytes
+        self._local_bytes = 0
         self.prefix = prefix
         self._url = redis_url
         self._timeout = timeout
@@ -54,10 +57,13 @@ class FollowUps:
                 return
             except Exception as exc:  # noqa: BLE001 - the store is down: keep it in this process
                 log.warning("follow-up store unreachable (%s): keeping %s in this process", type(exc).__name__, rid)
+        old = self._local.pop(key, None)
+        if old is not None:
+            self._local_bytes -= len(old[1])
         self._local[key] = (time.monotonic() + self.ttl, value)
-        self._local.move_to_end(key)
-        while len(self._local) > self.max_local:
-            self._local.popitem(last=False)
+        self._local_bytes += len(value)
+        while len(self._local) > self.max_local or self._local_bytes > self.max_local_bytes:
+            self._local_bytes -= len(self._local.popitem(last=False)[1][1])
 
     async def get(self, tenant: str, rid: str
                   ) -> tuple[str, list[dict[str, Any]] | None, bool, dict[str, Any] | None] | None:
@@ -82,7 +88,10 @@ class FollowUps:
 
     async def delete(self, tenant: str, rid: str) -> bool:
         key = self._key(tenant, rid)
-        found = self._local.pop(key, None) is not None
+        old = self._local.pop(key, None)
+        if old is not None:
+            self._local_bytes -= len(old[1])
+        found = old is not None
         if self._redis is not None:
             try:
                 found = bool(await self._redis.delete(key)) or found
