@@ -379,7 +379,11 @@ class Proxy:
                 if api.metered:
                     self.accounting.after_plain(call, dep, reply.body)
                 if api.remembers:
-                    self._remember(call, dep, native, orjson.loads(reply.body))
+                    try:
+                        self._remember(call, dep, native, orjson.loads(reply.body))
+                    except orjson.JSONDecodeError:
+                        log.warning("request %s: the answer of %s is not JSON: no follow-up can name it",
+                                    call.request_id, dep.id)
             else:
                 await self._stream(call, send, dep, reply, native)
         finally:
