@@ -5,8 +5,10 @@ matcher or numpy."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class SemanticUnavailable(Exception):  # noqa: N818 - reads as a state
@@ -38,3 +40,13 @@ class SemanticBackend(Protocol):
     def touch(self, namespace: str, partition: str, key: str) -> None: ...
     async def drop_namespace(self, namespace: str | None) -> None: ...
     def entries(self) -> int | None: ...
+
+
+async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel background tasks and wait for them to end (whatever they raise), then forget them."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    tasks.clear()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .backend import SemanticBackend, SemanticBusy, SemanticUnavailable
+from .backend import SemanticBackend, SemanticBusy, SemanticUnavailable, cancel_all
 from .embedder import Embedder, MiniLMEmbedder
 from .keys import PreparedKeys, namespace_tag, prepare
 from .store import Entry, MemoryStore, RedisStore
@@ -159,12 +159,7 @@ class ResponseCache:
 
     async def close(self) -> None:
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         if self.sem is not None:
             await self.sem.close()
         if self.client is not None:

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .backend import Match, SemanticBackend, SemanticBusy, SemanticUnavailable
+from .backend import Match, SemanticBackend, SemanticBusy, SemanticUnavailable, cancel_all
 from .index import IndexEntry, VectorIndex, cached_analysis
 from .types import CacheSettings
 
@@ -120,12 +120,7 @@ class SemanticIndex:
 
     async def close(self) -> None:
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.close()

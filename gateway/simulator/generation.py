@@ -363,16 +363,7 @@ async def _mid_stream_fault(
     sim: Simulator, request: web.Request, resp: web.StreamResponse, job: Job, fault: str, r: Renderer
 ) -> web.StreamResponse:
     sim._count_fault(fault)
-    if fault == "hang":
-        await sim._hang()
-    if fault in DROP_FAULTS:
-        transport = request.transport
-        for _ in range(200):  # let the events already written reach the socket first
-            if transport is None or transport.get_write_buffer_size() == 0:
-                break
-            await asyncio.sleep(0.005)
-        sim._drop(request, job, reset=fault == "reset")
-    sim.stats.errors += 1
+    await sim.fail_stream(request, job, fault)
     await resp.write(b"".join(r.stream_error(faults.fault_status(fault), sim._fault_message(job, fault))))
     return resp
 

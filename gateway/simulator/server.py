@@ -310,18 +310,23 @@ class Simulator:
         self._count_fault(fault)
         if fault == "truncate":  # the response ends cleanly: no finish_reason, no usage, no [DONE]
             return
+        await self.fail_stream(request, job, fault)
+        event = faults.stream_error_event(faults.fault_status(fault), self._fault_message(job, fault))
+        await resp.write(event + DONE)
+
+    async def fail_stream(self, request: web.Request, job: Job, fault: str) -> None:
+        """A fault after a stream's first bytes, up to the error event the caller writes in its API's shape:
+        hang, or drop the connection once what was already written has reached the socket."""
         if fault == "hang":
             await self._hang()
         if fault in DROP_FAULTS:
             transport = request.transport
-            for _ in range(200):  # let the chunks already written reach the socket first
+            for _ in range(200):  # let the events already written reach the socket first
                 if transport is None or transport.get_write_buffer_size() == 0:
                     break
                 await asyncio.sleep(0.005)
             self._drop(request, job, reset=fault == "reset")
         self.stats.errors += 1
-        event = faults.stream_error_event(faults.fault_status(fault), self._fault_message(job, fault))
-        await resp.write(event + DONE)
 
     # ---- generation --------------------------------------------------------------------------
     def _usage(self, job: Job) -> dict[str, Any]:
