@@ -1,0 +1,1 @@
+"""Changing a model safely: shadow traffic (mirror), stepped canaries, comparison records and reports."""
