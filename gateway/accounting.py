@@ -50,12 +50,16 @@ class Accounting:
                                           usage.estimated)
         if call.ticket is not None:  # settle the key's reservation to the real cost, write the ledger
             self.keys.on_usage(call, dep, usage, cost)
+        if call.mirror is not None:  # a mirrored request: its shadow compares tokens and cost
+            call.mirror.on_usage(usage, cost)
         return cost
 
     def after_plain(self, call: Call, dep: Deployment, body: bytes) -> None:
         usage = usage_tail(body, call.api.usage)
         if usage is None:
             usage = self._plain_usage(call, body)
+        if call.mirror is not None:
+            call.mirror.body = body
         self.record(call, dep, usage)
         if self.cache is not None:
             self.cache.store_plain(call, body)
@@ -81,6 +85,8 @@ class Accounting:
             if tally.events > 1:
                 self.metrics.child(self.metrics.itl, dep.alias, dep.id).observe(
                     (now - call.first_byte_at) / (tally.events - 1))
+        if call.mirror is not None:
+            call.mirror.tally = tally
         usage = call.api.usage(tally.usage) if tally.usage is not None else None
         if usage is not None:
             self.record(call, dep, usage)

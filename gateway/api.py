@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.keys.service import KeyService
     from gateway.metrics import Metrics
+    from gateway.rollout.canary import Canaries
+    from gateway.rollout.comparisons import ComparisonLog
     from gateway.router import RouterState
     from gateway.settings import Settings
 
@@ -41,6 +43,8 @@ class Gateway(Protocol):
     metrics: Metrics
     cache: Any
     started_at: float
+    comparisons: ComparisonLog
+    canaries: Canaries
 
     @property
     def master_key(self) -> str | None: ...
@@ -190,4 +194,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
     from gateway.keys.routes import build_router as keys_router
 
     api.include_router(keys_router(gw.keys, lambda: gw.master_key))
+    from gateway.rollout.routes import build_router as rollout_router
+
+    api.include_router(rollout_router(gw.comparisons, gw.canaries, lambda: gw.master_key))
     return api

@@ -30,6 +30,10 @@ from gateway.metrics import LiveState, Metrics
 from gateway.proxy import Proxy
 from gateway.reload import ConfigWatcher
 from gateway.responses import json_response
+from gateway.rollout.canary import Canaries, CanaryStore, LocalCanaryStore, RedisCanaryStore
+from gateway.rollout.comparisons import ComparisonLog
+from gateway.rollout.shadow import Shadows
+from gateway.rollout.traffic import Rollout
 from gateway.router import RouterState
 from gateway.settings import Settings
 from gateway.tokens import TokenCounter
@@ -58,8 +62,24 @@ class Gateway:
             serving = CacheService(self.cache, self.metrics, lambda: self.config, self.spawn)
         self.accounting = Accounting(self.router, self.metrics, self.keys, self.tokens, self.spawn, serving)
         self.followups = FollowUps(settings.state_redis_url or settings.redis_url, settings.state_key_prefix)
+        # shadow traffic, canaries, comparison records (gateway/rollout): state in the shared store
+        state_url = settings.state_redis_url or settings.redis_url
+        self._rollout_redis: Any = None
+        if state_url:
+            import redis.asyncio as aioredis
+
+            self._rollout_redis = aioredis.from_url(state_url, socket_timeout=settings.state_redis_timeout,
+                                                    socket_connect_timeout=settings.state_redis_timeout)
+        store: CanaryStore = (RedisCanaryStore(self._rollout_redis, settings.state_key_prefix)
+                              if self._rollout_redis is not None else LocalCanaryStore())
+        self.comparisons = ComparisonLog(self._rollout_redis, settings.state_key_prefix)
+        self.canaries = Canaries(lambda: self.config.router.canary, store,
+                                 lambda alias, to, action: self.metrics.canary_steps.labels(alias, to, action).inc(),
+                                 tick=settings.canary_tick)
+        self.shadows = Shadows(self.router, self.upstreams, self.metrics, self.comparisons, self.spawn,
+                               self._agreement_embedder())
         self.proxy = Proxy(lambda: self.config, settings, self.keys, self.router, self.upstreams, self.accounting,
-                           serving, self.metrics, self.followups)
+                           serving, self.metrics, self.followups, Rollout(self.shadows, self.canaries))
         self.engines = EngineMonitor(self.upstreams.native.get_text, self._engine_targets,
                                      lambda dep_id: self.router.states[dep_id].in_flight
                                      if dep_id in self.router.states else 0,
@@ -98,6 +118,7 @@ class Gateway:
                                self.settings.health_check_timeout, self._on_health)
         self._loops.append(asyncio.create_task(health.run(), name="health-checks"))
         self._loops.append(asyncio.create_task(self.engines.run(), name="engine-metrics"))
+        self._loops.append(asyncio.create_task(self.canaries.run(), name="canaries"))
         if self.watcher is not None:
             self._loops.append(asyncio.create_task(self.watcher.run(), name="config-watcher"))
         try:
@@ -118,6 +139,8 @@ class Gateway:
         await self.keys.close()
         await self.upstreams.close()
         await self.followups.close()
+        if self._rollout_redis is not None:
+            await self._rollout_redis.aclose()
         if self.cache is not None:
             await self.cache.close()
 
@@ -162,6 +185,14 @@ class Gateway:
         cache.on_error = lambda kind, _exc: self.metrics.cache_errors.labels(kind).inc()
         self.metrics.add_collector(CacheEntriesCollector(cache))
         return cache
+
+    def _agreement_embedder(self) -> Any:
+        """How shadow comparisons embed long answers: the cache's sentence embedder when it runs in this
+        process (else agreement falls back to word overlap; nothing is loaded for it)."""
+        cache = self.cache
+        if cache is None or not cache.semantic or cache.remote is not None:
+            return None
+        return lambda texts: cache.embedder.embed(texts)
 
     def _engine_targets(self) -> list[EngineTarget]:
         """The deployments whose engine metrics the router reads: every native one under engine-aware."""
@@ -228,8 +259,10 @@ class Gateway:
             deployments.append((d, st.healthy and st.cooldown_until <= now))
         loads = self.engines.loads()
         engines = [(d, loads[d.id]) for d in self.config.deployments if d.id in loads]
+        canaries = [(alias, opts.to, self.canaries.percent.get(alias, 0.0))
+                    for alias, opts in self.config.router.canary.items()]
         return LiveState(deployments, {name: up for name, up, _ in self.redis_stores()}, self.keys.mode,
-                         not self.keys.store.up, engines)
+                         not self.keys.store.up, engines, canaries)
 
     def redis_stores(self) -> list[tuple[str, bool, str]]:
         """(store, up, where) for each Redis configured: "cache" (responses) and "state" (keys, spend, limits)."""

@@ -45,6 +45,9 @@ class Call:
     ticket: Any = None  # keys.Ticket: the key/team admission to settle when the request ends
     pinned: str | None = None  # a follow-up: the deployment that holds the answer it continues
     context: Any = None  # a follow-up on a translated deployment: the conversation so far
+    mirror: Any = None  # rollout.shadow.Mirror: this request is mirrored; what the primary did goes there
+    canary: Any = None  # rollout.canary.CanaryState: this request went to the alias's canary at that step
+    canary_failed: bool = False  # the canary alias failed it (the alias itself may still have answered)
 
     @property
     def endpoint(self) -> str:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.rollout.options import CanaryOptions, ShadowOptions, parse_canary, parse_shadow
 from gateway.strategies import STRATEGIES
 from gateway.strategies.engine_aware import EngineAwareOptions
 
@@ -53,6 +54,7 @@ DEFAULT_SUPPORTS = frozenset({"chat", "completions", "embeddings"})
 _ROUTER_SETTINGS_USED = {
     "routing_strategy", "num_retries", "timeout", "stream_timeout", "allowed_fails", "cooldown_time",
     "fallbacks", "context_window_fallbacks", "default_fallbacks", "retry_after", "engine_aware",
+    "shadow", "canary",
 }
 _TOP_LEVEL_USED = {"model_list", "router_settings", "litellm_settings", "general_settings"}
 _GENERAL_USED = {"master_key", "background_health_checks", "health_check_interval", "max_request_size_mb"}
@@ -122,6 +124,8 @@ class RouterSettings:
     context_window_fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     default_fallbacks: tuple[str, ...] = ()
     engine_aware: EngineAwareOptions = field(default_factory=EngineAwareOptions)
+    shadow: Mapping[str, ShadowOptions] = field(default_factory=dict)  # alias -> mirror (gateway/rollout)
+    canary: Mapping[str, CanaryOptions] = field(default_factory=dict)  # alias -> stepped rollout
 
 
 @dataclass(frozen=True)
@@ -420,7 +424,9 @@ def _parse_router(rs: Mapping[str, Any], ls: Mapping[str, Any], p: _Problems) ->
         p.error("router_settings.engine_aware", "must be a mapping of options")
         ea_raw = {}
     engine_aware, ea_problems = EngineAwareOptions.parse(ea_raw, "router_settings.engine_aware")
-    for problem in ea_problems:
+    shadow, sh_problems = parse_shadow(rs.get("shadow"), "router_settings.shadow")
+    canary, ca_problems = parse_canary(rs.get("canary"), "router_settings.canary")
+    for problem in (*ea_problems, *sh_problems, *ca_problems):
         where, _, what = problem.partition(": ")
         p.error(where, what)
     return RouterSettings(
@@ -435,6 +441,8 @@ def _parse_router(rs: Mapping[str, Any], ls: Mapping[str, Any], p: _Problems) ->
                                                   "router_settings.context_window_fallbacks", p),
         default_fallbacks=tuple(default_fb),
         engine_aware=engine_aware,
+        shadow=shadow,
+        canary=canary,
     )
 
 
@@ -478,6 +486,28 @@ def _parse_cache(ls: Mapping[str, Any], p: _Problems) -> CacheParams:
         enabled=enabled, type=str(ctype), ttl=ttl, similarity_threshold=thr, redis_url=redis_url,
         namespace=str(namespace) if namespace is not None else None, params=params,
     )
+
+
+def _check_rollouts(router: RouterSettings, aliases: Mapping[str, Any], ids: set[str], p: _Problems) -> None:
+    """Shadow and canary name aliases (a shadow may name a deployment id) that model_list has."""
+    for alias, sh in router.shadow.items():
+        where = f"router_settings.shadow.{alias}"
+        if alias not in aliases:
+            p.error(where, f"unknown alias {alias!r}")
+        if sh.to == alias:
+            p.error(f"{where}.to", "an alias cannot mirror to itself")
+        elif sh.to not in aliases and sh.to not in ids:
+            p.error(f"{where}.to", f"unknown alias or deployment id {sh.to!r}")
+        if sh.judge is not None and sh.judge not in aliases:
+            p.error(f"{where}.judge", f"unknown alias {sh.judge!r}")
+    for alias, ca in router.canary.items():
+        where = f"router_settings.canary.{alias}"
+        if alias not in aliases:
+            p.error(where, f"unknown alias {alias!r}")
+        if ca.to == alias:
+            p.error(f"{where}.to", "an alias cannot be its own canary")
+        elif ca.to not in aliases:
+            p.error(f"{where}.to", f"unknown alias {ca.to!r}")
 
 
 def parse_config(raw: Any, source: str = "") -> GatewayConfig:
@@ -524,6 +554,7 @@ def parse_config(raw: Any, source: str = "") -> GatewayConfig:
     for dst in router.default_fallbacks:
         if dst not in aliases:
             p.error("router_settings.default_fallbacks", f"unknown alias {dst!r}")
+    _check_rollouts(router, aliases, {d.id for d in deployments}, p)
     cache = _parse_cache(ls, p)
     embed_alias = cache.params.get("redis_semantic_cache_embedding_model")
     if embed_alias is not None:

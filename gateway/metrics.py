@@ -24,10 +24,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from gateway.config import Deployment
 from gateway.engine import EngineLoad
 
-TOKEN_LABELS = ("alias", "model", "deployment", "team", "key", "estimated")
+TOKEN_LABELS = ("alias", "model", "deployment", "team", "key", "estimated", "shadow")
+COMPARE_LABELS = ("alias", "shadow_alias", "side")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5)
+AGREEMENT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 UNKNOWN_ALIAS = "(unknown)"
@@ -46,6 +48,7 @@ class LiveState:
     limits_mode: str = "open"                             # GATEWAY_LIMITS_FAIL_MODE
     limits_degraded: bool = False                         # the state Redis is configured and unreachable
     engines: Sequence[tuple[Deployment, EngineLoad]] = ()  # engine load as the router last read it
+    canaries: Sequence[tuple[str, str, float]] = ()  # (alias, canary alias, percent of the alias's traffic now)
 
 
 GPU_COST_DOC = "gpu_hourly_cost_usd x gpu_count of a self-hosted deployment"
@@ -73,14 +76,16 @@ class LiveGauges:
                 GaugeMetricFamily("oss_engine_requests_waiting", "Requests waiting in the engine's queue, as the "
                                   "router last read its /metrics", labels=("alias", "deployment")),
                 GaugeMetricFamily("oss_engine_kv_cache_usage", "KV-cache usage of the engine (0-1), as the router "
-                                  "last read its /metrics", labels=("alias", "deployment")))
+                                  "last read its /metrics", labels=("alias", "deployment")),
+                GaugeMetricFamily("oss_canary_percent", "Share (0-100) of the alias's requests sent to its canary "
+                                  "alias now (router_settings.canary)", labels=("alias", "to")))
 
     def describe(self) -> Iterator[Metric]:
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
         state = self.source()
-        gpu, healthy, redis_up, degraded, running, waiting, kv = self._families()
+        gpu, healthy, redis_up, degraded, running, waiting, kv, canary = self._families()
         for dep, up in state.deployments:
             cost = dep.gpu_cost_per_hour
             if cost is not None:
@@ -93,7 +98,9 @@ class LiveGauges:
             running.add_metric((dep.alias, dep.id), load.running)
             waiting.add_metric((dep.alias, dep.id), load.waiting)
             kv.add_metric((dep.alias, dep.id), load.kv_usage)
-        return iter((gpu, healthy, redis_up, degraded, running, waiting, kv))
+        for alias, to, pct in state.canaries:
+            canary.add_metric((alias, to), pct)
+        return iter((gpu, healthy, redis_up, degraded, running, waiting, kv, canary))
 
 
 class _CurrentDeployments:
@@ -148,6 +155,27 @@ class Metrics:
         self.cache_errors = Counter("oss_cache_errors", "Cache operations that failed", ("op",), registry=r)
         self.routing_decisions = Counter("oss_routing_decisions", "Deployments picked, by strategy and reason",
                                          ("alias", "strategy", "reason"), registry=r)
+        # shadow traffic and model comparison (gateway/rollout)
+        self.shadow_requests = Counter("oss_shadow_requests", "Shadow calls by result (ok, error, dropped: the "
+                                       "shadow was saturated or had no deployment free)",
+                                       ("alias", "shadow_alias", "result"), registry=r)
+        self.compare_duration = Histogram("oss_compare_duration_seconds", "Mirrored requests: the whole call on "
+                                          "each side", COMPARE_LABELS, buckets=LATENCY_BUCKETS, registry=r)
+        self.compare_ttft = Histogram("oss_compare_ttft_seconds", "Mirrored streamed requests: time to first "
+                                      "token on each side", COMPARE_LABELS, buckets=TTFT_BUCKETS, registry=r)
+        self.compare_prompt = Counter("oss_compare_prompt_tokens", "Mirrored requests: prompt tokens on each side",
+                                      COMPARE_LABELS, registry=r)
+        self.compare_completion = Counter("oss_compare_completion_tokens", "Mirrored requests: completion tokens "
+                                          "on each side", COMPARE_LABELS, registry=r)
+        self.compare_cost = Counter("oss_compare_cost_usd", "Mirrored requests: list-price cost on each side",
+                                    COMPARE_LABELS, registry=r)
+        self.compare_errors = Counter("oss_compare_errors", "Mirrored requests that failed on a side",
+                                      COMPARE_LABELS, registry=r)
+        self.compare_agreement = Histogram("oss_compare_agreement", "How far the two answers agree (0-1), by "
+                                           "how it was judged", ("alias", "shadow_alias", "method"),
+                                           buckets=AGREEMENT_BUCKETS, registry=r)
+        self.canary_steps = Counter("oss_canary_steps", "Canary rollout transitions (start, advance, abort, "
+                                    "complete, restart)", ("alias", "to", "action"), registry=r)
         self.reloads.labels("ok")
         self.reloads.labels("rejected")
         # labelled children by label values: prometheus-client's labels() validates on every call,
@@ -175,12 +203,12 @@ class Metrics:
     # -- recording helpers (each a few increments) ---------------------------------------------------
 
     def record_tokens(self, dep: Deployment, prompt: int, completion: int, team: str, key: str,
-                      estimated: bool) -> float:
+                      estimated: bool, shadow: bool = False) -> float:
         flag = "true" if estimated else "false"
-        key3 = ("tokens", dep.id, team, key, flag)
+        key3 = ("tokens", dep.id, team, key, flag, shadow)
         children = self._children.get(key3)
         if children is None:
-            labels = (dep.alias, dep.served_model, dep.id, team, key, flag)
+            labels = (dep.alias, dep.served_model, dep.id, team, key, flag, "true" if shadow else "false")
             children = self._children[key3] = (self.prompt_tokens.labels(*labels),
                                                 self.completion_tokens.labels(*labels),
                                                 self.token_cost.labels(*labels))
@@ -189,6 +217,23 @@ class Metrics:
         children[1].inc(completion)
         children[2].inc(cost)
         return cost
+
+    def record_comparison(self, c: Any) -> None:
+        """Both sides of a mirrored request (a gateway.rollout.records.Comparison), off the request path."""
+        shadow_alias = c.shadow.alias
+        for side, s in (("primary", c.primary), ("shadow", c.shadow)):
+            labels = (c.primary.alias, shadow_alias, side)
+            if s.error is not None:
+                self.compare_errors.labels(*labels).inc()
+            if s.status:
+                self.compare_duration.labels(*labels).observe(s.latency_s)
+            if s.ttft_s is not None:
+                self.compare_ttft.labels(*labels).observe(s.ttft_s)
+            self.compare_prompt.labels(*labels).inc(s.prompt_tokens)
+            self.compare_completion.labels(*labels).inc(s.completion_tokens)
+            self.compare_cost.labels(*labels).inc(s.cost_usd)
+        if c.agreement is not None and c.method is not None:
+            self.compare_agreement.labels(c.primary.alias, shadow_alias, c.method).observe(c.agreement)
 
     def publish_deployments(self, deployments: Iterable[Deployment]) -> None:
         """A (re)loaded config: in-flight series for its deployments, none for removed ones."""

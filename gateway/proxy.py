@@ -32,6 +32,7 @@ from gateway.followups import FollowUps
 from gateway.metrics import Metrics
 from gateway.protocol import parse_json_body, upstream_client_error
 from gateway.responses import Response, start_sse
+from gateway.rollout.traffic import Rollout
 from gateway.router import NoDeployment, RouterState
 from gateway.settings import Settings
 from gateway.sse import Decoder
@@ -83,7 +84,7 @@ class Proxy:
 
     def __init__(self, config: Callable[[], GatewayConfig], settings: Settings, admission: Admission,
                  router: RouterState, upstreams: Upstreams, accounting: Accounting, cache: CacheService | None,
-                 metrics: Metrics, followups: FollowUps) -> None:
+                 metrics: Metrics, followups: FollowUps, rollout: Rollout | None = None) -> None:
         self.config = config
         self.settings = settings
         self.admission = admission
@@ -93,6 +94,7 @@ class Proxy:
         self.cache = cache
         self.metrics = metrics
         self.followups = followups
+        self.rollout = rollout  # canaries and shadow traffic (gateway/rollout)
 
     # -- ASGI entry ---------------------------------------------------------------------------------
 
@@ -218,7 +220,10 @@ class Proxy:
         if self.cache is not None and api.cacheable and (api.replayable or not call.stream) \
                 and await self.cache.answer(call, send):
             return
-        chain: list[tuple[str, str | None]] = [(call.alias, None)]
+        start = self.rollout.start(call, config) if self.rollout is not None else call.alias
+        chain: list[tuple[str, str | None]] = [(start, None)]
+        if start != call.alias:  # the alias's canary serves it; should the canary fail, the alias itself does
+            chain.append((call.alias, "canary"))
         visited: set[str] = set()
         last_error: GatewayError | None = None
         prev = call.alias
@@ -249,6 +254,8 @@ class Proxy:
                 chain[:0] = [(a, "context_window") for a in cw.get(alias, ())]
             except _AliasExhausted as exc:
                 last_error = exc.error
+                if alias != call.alias and alias == start:
+                    call.canary_failed = True
                 if len(fits) < len(deployments):
                     # every deployment that could take this prompt is unavailable, and the others cannot
                     # take it: a larger-context alias is the next place to go, before ordinary fallbacks
@@ -467,6 +474,9 @@ class Proxy:
     def _record_request(self, call: Call) -> None:
         if call.ticket is not None:  # release the key's slot and reservation, or settle to the real cost
             self.admission.finish(call)
+        if call.mirror is not None or call.canary is not None:
+            assert self.rollout is not None
+            self.rollout.finish(call, call.status)
         m = self.metrics
         now = time.perf_counter()
         status_class = f"{call.status // 100}xx"

@@ -55,4 +55,6 @@ class Settings(BaseSettings):
     budget_default_max_tokens: int = Field(4096, ge=1, description="output tokens reserved against a budget "
                                                                    "when neither the request nor the deployment "
                                                                    "caps them")
+    canary_tick: float = Field(1.0, gt=0, le=60, description="seconds between canary evaluations (flush "
+                                                             "outcomes, judge the step, advance or abort)")
     admin_max_body_bytes: int = Field(65536, ge=1024, description="larger admin request bodies get 413")

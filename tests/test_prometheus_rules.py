@@ -37,7 +37,7 @@ DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 DATASOURCE_UID = "prometheus"
 
 # design.md section 4: metric name -> label names (histograms also as _bucket/_sum/_count).
-TOKEN_LABELS = ("alias", "model", "deployment", "team", "key", "estimated")
+TOKEN_LABELS = ("alias", "model", "deployment", "team", "key", "estimated", "shadow")
 CONTRACT: dict[str, tuple[str, ...]] = {
     "oss_prompt_tokens_total": TOKEN_LABELS,
     "oss_completion_tokens_total": TOKEN_LABELS,
@@ -308,9 +308,13 @@ class SyntheticExporter:
         for i, (alias, model, dep, team, key, est, share, (pin, pout)) in enumerate(self.GATEWAY_SERIES):
             load = share * self.wave(i)
             p, c = round(420 * load), round(130 * load)
-            self.prompt.labels(alias, model, dep, team, key, est).inc(p)
-            self.completion.labels(alias, model, dep, team, key, est).inc(c)
-            self.cost.labels(alias, model, dep, team, key, est).inc(p * pin + c * pout)
+            self.prompt.labels(alias, model, dep, team, key, est, "false").inc(p)
+            self.completion.labels(alias, model, dep, team, key, est, "false").inc(c)
+            self.cost.labels(alias, model, dep, team, key, est, "false").inc(p * pin + c * pout)
+            if i == 0:  # a tenth of this alias's traffic mirrored (shadow calls: no team, no key)
+                self.prompt.labels(alias, model, dep, "", "", est, "true").inc(p // 10)
+                self.completion.labels(alias, model, dep, "", "", est, "true").inc(c // 10)
+                self.cost.labels(alias, model, dep, "", "", est, "true").inc((p // 10) * pin + (c // 10) * pout)
             self.requests.labels(alias, "2xx", "miss", team, key).inc(round(4 * load))
             self.requests.labels(alias, "2xx", "hit", team, key).inc(1)
             self.requests.labels(alias, "4xx", "bypass", team, key).inc(int(rng.random() < 0.3))
