@@ -41,6 +41,11 @@ class CanaryState:
     state: str = RUNNING
     reason: str = ""  # why it aborted / what the last transition saw
 
+    @property
+    def step_key(self) -> str:
+        """Names this step's outcomes: a restarted rollout's step starts counting afresh."""
+        return f"{self.rollout}:{self.step}:{self.since:.3f}"
+
     def percent(self, opts: CanaryOptions) -> float:
         if self.state == ABORTED:
             return 0.0
@@ -122,7 +127,7 @@ class LocalCanaryStore:
 
     def __init__(self) -> None:
         self.states: dict[str, CanaryState] = {}
-        self.steps: dict[tuple[str, str, int], StepStats] = {}
+        self.steps: dict[tuple[str, str], StepStats] = {}
 
     async def get(self, alias: str) -> CanaryState | None:
         return self.states.get(alias)
@@ -131,13 +136,13 @@ class LocalCanaryStore:
         if self.states.get(alias) != old:
             return False
         self.states[alias] = new
-        for key in [k for k in self.steps if k[0] == alias and (k[1], k[2]) != (new.rollout, new.step)]:
+        for key in [k for k in self.steps if k[0] == alias and k[1] != new.step_key]:
             del self.steps[key]
         return True
 
     async def add(self, alias: str, st: CanaryState, requests: int, errors: int,
                   samples: list[tuple[float, float | None]]) -> None:
-        s = self.steps.setdefault((alias, st.rollout, st.step), StepStats())
+        s = self.steps.setdefault((alias, st.step_key), StepStats())
         s.requests += requests
         s.errors += errors
         for lat, ttft in samples:
@@ -147,7 +152,7 @@ class LocalCanaryStore:
         del s.latency_ms[:-MAX_SAMPLES], s.ttft_ms[:-MAX_SAMPLES]
 
     async def stats(self, alias: str, st: CanaryState) -> StepStats:
-        s = self.steps.get((alias, st.rollout, st.step))
+        s = self.steps.get((alias, st.step_key))
         return StepStats(s.requests, s.errors, list(s.ttft_ms), list(s.latency_ms)) if s else StepStats()
 
 
@@ -174,7 +179,7 @@ class RedisCanaryStore:
         return f"{self.prefix}:canary:{alias}"
 
     def _step(self, alias: str, st: CanaryState) -> str:
-        return f"{self.prefix}:canary:{alias}:{st.rollout}:{st.step}"
+        return f"{self.prefix}:canary:{alias}:{st.step_key}"
 
     async def get(self, alias: str) -> CanaryState | None:
         return CanaryState.loads(await self.redis.get(self._key(alias)))
@@ -241,7 +246,7 @@ class Canaries:
         self.tick = tick
         self.states: dict[str, CanaryState] = {}  # as last read from the store
         self.percent: dict[str, float] = {}  # alias -> share (0-100) of its requests sent to the canary now
-        self._pending: dict[tuple[str, str, int], _Pending] = {}
+        self._pending: dict[tuple[str, str], _Pending] = {}
 
     # -- the request path ---------------------------------------------------------------------------
 
@@ -254,9 +259,9 @@ class Canaries:
         return st.to, st
 
     def observe(self, alias: str, st: CanaryState, error: bool, latency_s: float, ttft_s: float | None) -> None:
-        p = self._pending.get((alias, st.rollout, st.step))
+        p = self._pending.get((alias, st.step_key))
         if p is None:
-            p = self._pending[(alias, st.rollout, st.step)] = _Pending()
+            p = self._pending[(alias, st.step_key)] = _Pending()
         p.requests += 1
         p.errors += error
         if not error:
@@ -280,9 +285,9 @@ class Canaries:
     async def step(self) -> None:
         """One tick: flush outcomes, then for each configured canary read its state, judge it, move it."""
         pending, self._pending = self._pending, {}
-        for (alias, rollout, step), p in pending.items():
+        for (alias, step_key), p in pending.items():
             st = self.states.get(alias)
-            if st is not None and st.rollout == rollout and st.step == step:
+            if st is not None and st.step_key == step_key:
                 await self.store.add(alias, st, p.requests, p.errors, p.samples)
         options = self.options()
         for alias in [a for a in self.percent if a not in options]:
