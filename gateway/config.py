@@ -34,6 +34,7 @@ CACHE_TYPES = frozenset({"redis-semantic", "redis", "local", "local-semantic", "
 _LITELLM_PARAMS_USED = {
     "model", "api_base", "base_url", "api_key", "timeout", "stream_timeout", "rpm", "tpm",
     "max_parallel_requests", "weight", "input_cost_per_token", "output_cost_per_token", "max_retries",
+    "silent_model",
 }
 # Passed on to the litellm library for non-native providers; meaningless for native ones.
 _LITELLM_PROVIDER_PARAMS = {
@@ -103,6 +104,7 @@ class Deployment:
     max_num_seqs: int | None = None  # the engine's batch size (vLLM --max-num-seqs), for engine-aware routing
     supports: frozenset[str] = frozenset({"chat", "completions", "embeddings"})  # APIs served natively
     provider_params: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    silent_model: str | None = None  # LiteLLM's traffic mirroring: an alias this deployment's requests mirror to
 
     @property
     def gpu_cost_per_hour(self) -> float | None:
@@ -344,6 +346,10 @@ def _parse_deployment(entry: Any, index: int, p: _Problems) -> Deployment | None
         p.error(f"{mip}.id", "must be a non-empty string")
         dep_id = None
     provider_params = {k: v for k, v in lp.items() if k in _LITELLM_PROVIDER_PARAMS}
+    silent = lp.get("silent_model")
+    if silent is not None and (not isinstance(silent, str) or not silent.strip()):
+        p.error(f"{lpp}.silent_model", "must be an alias (model_name) to mirror this deployment's requests to")
+        silent = None
     return Deployment(
         alias=alias,
         id=str(dep_id) if dep_id is not None else _derive_id(alias, name, api_base, index),
@@ -371,6 +377,7 @@ def _parse_deployment(entry: Any, index: int, p: _Problems) -> Deployment | None
         max_num_seqs=max_num_seqs,
         supports=supports,
         provider_params=provider_params,
+        silent_model=silent,
     )
 
 
@@ -488,6 +495,33 @@ def _parse_cache(ls: Mapping[str, Any], p: _Problems) -> CacheParams:
     )
 
 
+def _silent_models(router: RouterSettings, aliases: Mapping[str, tuple[Deployment, ...]], p: _Problems
+                   ) -> RouterSettings:
+    """LiteLLM's `litellm_params.silent_model` (traffic mirroring) is served as router_settings.shadow: the
+    alias mirrors the share of its traffic that its deployments with a silent_model take (by weight)."""
+    shadow = dict(router.shadow)
+    for alias, deps in aliases.items():
+        silent = [d for d in deps if d.silent_model]
+        if not silent or alias in shadow:
+            continue
+        targets = {d.silent_model for d in silent}
+        if len(targets) > 1:
+            p.error(f"model_list[{silent[1].index}].litellm_params.silent_model",
+                    f"the deployments of {alias!r} mirror to different models ({', '.join(sorted(map(str, targets)))})"
+                    "; use router_settings.shadow")
+            continue
+        if silent[0].silent_model not in aliases:
+            p.error(f"model_list[{silent[0].index}].litellm_params.silent_model",
+                    f"unknown alias {silent[0].silent_model!r}")
+            continue
+        total = sum(d.weight for d in deps) or 1.0
+        share = round(100.0 * sum(d.weight for d in silent) / total, 3)
+        shadow[alias] = ShadowOptions(to=str(silent[0].silent_model), share=share)
+        p.notes.append(f"model_list[{silent[0].index}].litellm_params.silent_model: {alias} mirrors {share:g}% of its "
+                       f"requests to {silent[0].silent_model} (router_settings.shadow)")
+    return replace(router, shadow=shadow) if shadow != router.shadow else router
+
+
 def _check_rollouts(router: RouterSettings, aliases: Mapping[str, Any], ids: set[str], p: _Problems) -> None:
     """Shadow and canary name aliases (a shadow may name a deployment id) that model_list has."""
     for alias, sh in router.shadow.items():
@@ -554,6 +588,7 @@ def parse_config(raw: Any, source: str = "") -> GatewayConfig:
     for dst in router.default_fallbacks:
         if dst not in aliases:
             p.error("router_settings.default_fallbacks", f"unknown alias {dst!r}")
+    router = _silent_models(router, aliases, p)
     _check_rollouts(router, aliases, {d.id for d in deployments}, p)
     cache = _parse_cache(ls, p)
     embed_alias = cache.params.get("redis_semantic_cache_embedding_model")

@@ -72,6 +72,20 @@ def test_bad_rollout_config_names_the_yaml_path(router: dict[str, Any], path: st
     assert any(p.startswith(path) for p in err.value.problems), err.value.problems
 
 
+def test_litellm_silent_model_is_a_shadow() -> None:
+    raw = {"model_list": [
+        {"model_name": "smart", "litellm_params": {"model": "openai/a", "api_base": "http://h1:8000/v1",
+                                                   "silent_model": "smart-next", "weight": 1}},
+        {"model_name": "smart", "litellm_params": {"model": "openai/a", "api_base": "http://h3:8000/v1", "weight": 3}},
+        BASE["model_list"][1]]}
+    c = parse_config(raw)
+    assert c.router.shadow["smart"].to == "smart-next" and c.router.shadow["smart"].share == 25
+    assert any("silent_model" in n for n in c.notes) and not c.ignored
+    raw["model_list"][0]["litellm_params"]["silent_model"] = "ghost"
+    with pytest.raises(ConfigError, match=r"model_list\[0\].litellm_params.silent_model: unknown alias 'ghost'"):
+        parse_config(raw)
+
+
 def test_durations() -> None:
     assert [parse_duration(x) for x in ("10m", "30s", "1.5h", "2d", "250ms", 90, "7")] == \
         [600, 30, 5400, 172800, 0.25, 90, 7]
