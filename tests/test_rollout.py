@@ -297,7 +297,7 @@ def test_canary_state_survives_reload_and_restart(make_sim: Callable[..., Proc],
     wait_for(lambda: canary(gw)["every_s"] == 7200, what="the reload")
     assert canary(gw)["percent"] == 30 and canary(gw)["step"] == 3
     gw.stop()
-    gw2 = make_gateway(path, env=e)  # a restart resumes from the shared store
+    gw2 = make_gateway(path, env=e, workers=2)  # a restart (now two workers) resumes from the shared store
     wait_for(lambda: canary(gw2)["state"] == "running", what="the canary after restart")
     assert canary(gw2)["percent"] == 30
     served = {httpx.post(f"{gw2.url}/v1/chat/completions", json={"model": "smart", "messages": MSG, "max_tokens": 2},
@@ -309,3 +309,28 @@ def test_canary_state_survives_reload_and_restart(make_sim: Callable[..., Proc],
     assert r.status_code == 400 and r.json()["error"]["param"] == "alias"
     assert httpx.get(f"{gw2.url}/admin/canary", timeout=5).status_code == 401
     assert httpx.get(f"{gw2.url}/admin/comparisons", params={"since": "-5"}, headers=ADMIN, timeout=5).status_code == 400
+
+
+def test_agent_apis_are_mirrored_too(make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc]) -> None:
+    import anthropic
+
+    primary, shadow = make_sim(), make_sim()
+    gw = make_gateway({
+        "model_list": [deployment("smart", primary, id="p-1"),
+                       deployment("smart-next", shadow, id="s-1", supports=["chat", "responses", "messages"])],
+        "router_settings": {"shadow": {"smart": {"to": "smart-next", "share": 100, "stream": False}}},
+    }, env=env())
+    a = anthropic.Anthropic(base_url=gw.url, api_key=MASTER, max_retries=0)
+    a.messages.create(model="smart", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    with a.messages.stream(model="smart", max_tokens=8, messages=[{"role": "user", "content": "hi"}]) as s:
+        s.get_final_message()
+    client(gw).responses.create(model="smart", input="hi", max_output_tokens=8)
+    recs = wait_for(lambda: (r := comparisons(gw)) and len(r) == 3 and r, what="three records")
+    assert sorted(r["endpoint"] for r in recs) == ["messages", "messages", "responses"]
+    for r in recs:  # the primary translated to chat, the shadow native; each counted its own tokens
+        assert r["primary"]["completion_tokens"] == 8 and r["shadow"]["completion_tokens"] == 8
+        assert r["shadow"]["ttft_s"] is None  # stream: false mirrors even a streamed request as a plain call
+        assert r["agreement"] is not None
+    streamed = [r for r in recs if r["primary"]["ttft_s"] is not None]
+    assert len(streamed) == 1
+    assert chats(primary) == 3 and sim_stats(shadow)["requests"].get("/v1/messages") == 2
