@@ -215,12 +215,16 @@ class Proxy:
             raise errors.model_not_found(call.requested, visible_aliases(call.caller, config))
         api = call.api
         prev = api.follow_up_of(call.body)
+        holder_alias: str | None = None
         if prev is not None:
-            await self._pin_follow_up(call, prev, config)
+            holder_alias = await self._pin_follow_up(call, prev, config)
         if self.cache is not None and api.cacheable and (api.replayable or not call.stream) \
                 and await self.cache.answer(call, send):
             return
-        start = self.rollout.start(call, config) if self.rollout is not None else call.alias
+        if holder_alias is not None:  # a follow-up: where its conversation is (the alias, or its canary)
+            start = holder_alias
+        else:
+            start = self.rollout.start(call, config) if self.rollout is not None else call.alias
         chain: list[tuple[str, str | None]] = [(start, None)]
         if start != call.alias:  # the alias's canary serves it; should the canary fail, the alias itself does
             chain.append((call.alias, "canary"))
@@ -267,10 +271,14 @@ class Proxy:
         assert last_error is not None
         raise last_error
 
-    async def _pin_follow_up(self, call: Call, prev: str, config: GatewayConfig) -> None:
+    async def _pin_follow_up(self, call: Call, prev: str, config: GatewayConfig) -> str:
+        """Pin the request to the deployment holding the conversation; returns that deployment's alias (the
+        request's own, or its canary's: a conversation begun on the canary goes on there)."""
         tenant = call.caller.tenant if call.caller is not None else "open"
         rec = await self.followups.get(tenant, prev)
-        holder = None if rec is None else next((d for d in config.aliases[call.alias] if d.id == rec[0]), None)
+        canary = config.router.canary.get(call.alias)
+        mine = config.aliases[call.alias] + (config.aliases.get(canary.to, ()) if canary is not None else ())
+        holder = None if rec is None else next((d for d in mine if d.id == rec[0]), None)
         if rec is None or holder is None or rec[2]:  # (deployment, items, too large, answer)
             why = "is unknown or has expired" if rec is None else (
                 "was served by a deployment that is no longer in the config" if holder is None
@@ -279,6 +287,7 @@ class Proxy:
                                "invalid_request_error", "previous_response_id", "previous_response_not_found")
         call.pinned = holder.id
         call.context = rec[1]
+        return holder.alias
 
     def _fitting(self, call: Call, deployments: tuple[Deployment, ...]) -> tuple[Deployment, ...]:
         if not call.api.streams or all(d.max_input_tokens is None for d in deployments):

@@ -334,3 +334,19 @@ def test_agent_apis_are_mirrored_too(make_sim: Callable[..., Proc], make_gateway
     streamed = [r for r in recs if r["primary"]["ttft_s"] is not None]
     assert len(streamed) == 1
     assert chats(primary) == 3 and sim_stats(shadow)["requests"].get("/v1/messages") == 2
+
+
+def test_a_conversation_begun_on_the_canary_goes_on_there(make_sim: Callable[..., Proc],
+                                                          make_gateway: Callable[..., Proc]) -> None:
+    a, b = make_sim(), make_sim()
+    gw = make_gateway(canary_config(a, b, steps=[50, 100], every="1h", min_requests=0), env=env())
+    wait_for(lambda: canary(gw)["percent"] == 50, what="the canary to start")
+    c = client(gw)
+    firsts = [c.responses.with_raw_response.create(model="smart", input="hi", max_output_tokens=4) for _ in range(12)]
+    by_dep = {r.headers["x-gateway-deployment"]: r.parse().id for r in firsts}
+    assert set(by_dep) == {"old-1", "new-1"}  # 12 requests at 50%: both sides (fails with p = 2 * 0.5^12)
+    for dep, rid in by_dep.items():
+        for _ in range(4):  # each follow-up where its conversation is, whatever the canary's dice say
+            r = c.responses.with_raw_response.create(model="smart", input="and?", previous_response_id=rid,
+                                                     max_output_tokens=4)
+            assert r.headers["x-gateway-deployment"] == dep
