@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command sets up a fresh Debian/Ubuntu machine for oss-gateway: system packages the tests
 # start for real (redis-server, prometheus/promtool, nginx, wrk, docker-compose for offline
-# validation) and the Python package with its dev and demo extras.
+# validation) and the Python package with its dev, demo and report extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +41,6 @@ if [ ! -f "$(llama_dir)/$MARK" ]; then
   "${PIP[@]}" --force-reinstall --no-deps "$LLAMA_WHEEL"
   touch "$(llama_dir)/$MARK"
 fi
-"${PIP[@]}" -e ".[dev,demo]"
+"${PIP[@]}" -e ".[dev,demo,report]"
 ./scripts/setup_vllm.sh  # real vLLM (CPU) in its own venv for tests/vllm: docs/vllm.md
 echo "setup done: $(redis-server --version | cut -d' ' -f3), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f3), python $(python3 -c 'import sys; print(sys.version.split()[0])')"
