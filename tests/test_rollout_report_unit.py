@@ -39,11 +39,11 @@ def records() -> list[Comparison]:
     p = "smart"
     s = "smart-next"
     return [
-        Comparison(ts=100.0, endpoint="chat", primary=side(p, 1.0, 0.5, 100, 40, 0.0001, gpu=3.6),
-                   shadow=side(s, 0.5, 0.1, 100, 40, 0.00005), agreement=1.0, method="exact"),
-        Comparison(ts=101.0, endpoint="chat", primary=side(p, 2.0, 1.0, 100, 50, 0.0002, gpu=3.6),
+        Comparison(ts=100.0, endpoint="chat", primary=side(p, 1.0, 0.5, 100, 41, 0.0001, gpu=3.6),
+                   shadow=side(s, 0.5, 0.1, 100, 41, 0.00005), agreement=1.0, method="exact"),
+        Comparison(ts=101.0, endpoint="chat", primary=side(p, 2.0, 1.0, 100, 51, 0.0002, gpu=3.6),
                    shadow=side(s, 0.05, None, 0, 0, 0.0, status=503, error="http_503")),
-        Comparison(ts=102.0, endpoint="chat", primary=side(p, 3.0, None, 100, 60, 0.00017, gpu=3.6),
+        Comparison(ts=102.0, endpoint="chat", primary=side(p, 3.0, None, 100, 60, 0.000172, gpu=3.6),
                    shadow=side(s, 0.0, None, 0, 0, 0.0, status=0, error="dropped")),
         Comparison(ts=103.0, endpoint="chat", primary=side(p, 4.0, None, 100, 20, 0.0001, gpu=3.6),
                    shadow=side(s, 1.5, None, 100, 60, 0.00015), agreement=0.5, method="lexical"),
@@ -75,14 +75,15 @@ def test_primary_side_numbers() -> None:
     assert (st.n, st.errors, st.error_rate, st.streamed) == (4, 0, 0.0, 2)
     assert st.latency_p50 == pytest.approx(2.5) and st.latency_p95 == pytest.approx(3.85)
     assert st.ttft_p50 == pytest.approx(0.75) and st.ttft_p95 == pytest.approx(0.975)
-    # 170 completion tokens over (1.0 - 0.5) + (2.0 - 1.0) + 3.0 + 4.0 = 8.5 generation seconds
+    # streamed: the 40 + 50 tokens after the first over (1.0 - 0.5) + (2.0 - 1.0) s; not streamed: 60 + 20
+    # tokens over 3.0 + 4.0 s: 170 tokens over 8.5 s
     assert st.tokens_per_s == pytest.approx(20.0)
-    assert (st.prompt_tokens, st.completion_tokens) == (400, 170)
-    assert st.cost_usd == pytest.approx(0.00057)
-    assert st.usd_per_1m == pytest.approx(1.0)  # 0.00057 USD / 570 tokens
-    # 3.6 USD/h x 10 busy seconds = 0.01 USD over 570 tokens
+    assert (st.prompt_tokens, st.completion_tokens) == (400, 172)
+    assert st.cost_usd == pytest.approx(0.000572)
+    assert st.usd_per_1m == pytest.approx(1.0)  # 0.000572 USD / 572 tokens
+    # 3.6 USD/h x 10 busy seconds = 0.01 USD over 572 tokens
     assert st.gpu_usd == pytest.approx(0.01)
-    assert st.usd_per_1m_gpu == pytest.approx(0.01 / 570 * 1e6)
+    assert st.usd_per_1m_gpu == pytest.approx(0.01 / 572 * 1e6)
 
 
 def test_shadow_side_numbers_count_errors_and_leave_out_calls_never_sent() -> None:
@@ -91,8 +92,8 @@ def test_shadow_side_numbers_count_errors_and_leave_out_calls_never_sent() -> No
     assert st.error_rate == pytest.approx(1 / 3)
     assert st.latency_p50 == pytest.approx(1.0) and st.latency_p95 == pytest.approx(1.45)  # successful calls
     assert st.ttft_p50 == pytest.approx(0.1) and st.ttft_p95 == pytest.approx(0.1) and st.streamed == 1
-    assert st.tokens_per_s == pytest.approx(100 / 1.9)  # (40 + 60) over 0.4 + 1.5 s
-    assert st.usd_per_1m == pytest.approx(0.0002 / 300 * 1e6)
+    assert st.tokens_per_s == pytest.approx(100 / 1.9)  # (41 - 1 + 60) over 0.4 + 1.5 s
+    assert st.usd_per_1m == pytest.approx(0.0002 / 301 * 1e6)
     assert st.gpu_usd is None and st.usd_per_1m_gpu is None  # not self-hosted
 
 
@@ -134,8 +135,8 @@ def test_text_table_is_aligned_per_pair() -> None:
         ("latency p50 / p95 (s)", "2.500 / 3.850", "1.000 / 1.450"),
         ("TTFT p50 / p95 (s)", "0.750 / 0.975", "0.100 / 0.100"),
         ("tokens/s", "20.0", "52.6"),
-        ("USD / 1M tokens (list)", "1.0000", "0.6667"),
-        ("USD / 1M tokens (GPU busy)", "17.5439", "-"),
+        ("USD / 1M tokens (list)", "1.0000", "0.6645"),
+        ("USD / 1M tokens (GPU busy)", "17.4825", "-"),
     ):
         line = rows[label]
         assert line[:ends[0]].endswith(cell_primary) and line[ends[0]:].strip() == cell_shadow, line

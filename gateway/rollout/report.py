@@ -7,8 +7,9 @@ Definitions (docs/rollout-reports.md says the same for the reader):
 - a side's `n` counts the calls that were sent (status != 0); `errors` those that did not end 2xx;
 - latency and TTFT percentiles are over successful calls (TTFT over the streamed ones), linear
   interpolation between closest ranks;
-- tokens/s = sum of completion tokens / sum of generation seconds (latency - TTFT when streamed, else
-  latency) over successful calls;
+- tokens/s = sum of generated tokens / sum of generation seconds over successful calls: a streamed call
+  counts its tokens after the first over latency - TTFT (the first token's time is the TTFT), a call not
+  streamed all its completion tokens over its latency;
 - USD per 1M tokens at list price = sum of cost / sum of (prompt + completion) tokens x 1e6 over all
   sent calls; at GPU-hour cost = sum of (GPU USD per hour x latency hours) / tokens x 1e6 over the calls
   of self-hosted deployments: the busy-time cost, an upper bound when the engine batches (concurrent
@@ -102,7 +103,8 @@ def side_stats(samples: Iterable[Sample]) -> SideStats:
     ok = [s for s in sent if s.ok]
     latencies = [s.latency_s for s in ok]
     ttfts = [s.ttft_s for s in ok if s.ttft_s is not None]
-    gen_tokens = sum(s.completion_tokens for s in ok)
+    # streamed: the tokens after the first over the time after the first (the first one is in the TTFT)
+    gen_tokens = sum(s.completion_tokens if s.ttft_s is None else max(0, s.completion_tokens - 1) for s in ok)
     gen_seconds = sum(max(0.0, s.latency_s - (s.ttft_s or 0.0)) for s in ok)
     priced = [s for s in sent if s.cost_usd is not None]
     priced_tokens = sum(s.prompt_tokens + s.completion_tokens for s in priced)
