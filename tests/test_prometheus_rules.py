@@ -60,12 +60,28 @@ CONTRACT_HISTOGRAMS: dict[str, tuple[str, ...]] = {
     "oss_inter_token_latency_seconds": ("alias", "deployment"),
     "oss_gateway_overhead_seconds": ("alias",),
 }
+# issue #14 (shadow traffic, canaries): `alias` is the primary alias, `side` primary | shadow.
+PAIR_SIDE = ("alias", "shadow_alias", "side")
+ROLLOUT: dict[str, tuple[str, ...]] = {
+    "oss_shadow_requests_total": ("alias", "shadow_alias", "result"),
+    "oss_compare_prompt_tokens_total": PAIR_SIDE,
+    "oss_compare_completion_tokens_total": PAIR_SIDE,
+    "oss_compare_cost_usd_total": PAIR_SIDE,
+    "oss_compare_errors_total": PAIR_SIDE,
+    "oss_canary_percent": ("alias", "to"),
+    "oss_canary_steps_total": ("alias", "to", "action"),
+}
+ROLLOUT_HISTOGRAMS: dict[str, tuple[str, ...]] = {
+    "oss_compare_duration_seconds": PAIR_SIDE,
+    "oss_compare_ttft_seconds": PAIR_SIDE,
+    "oss_compare_agreement": ("alias", "shadow_alias", "method"),
+}
 VENDOR_METRIC = re.compile(r"^(vllm:[a-z0-9_:]+|DCGM_FI_[A-Z0-9_]+)$")
 
 
 def contract_names() -> set[str]:
-    names = set(CONTRACT)
-    for h in CONTRACT_HISTOGRAMS:
+    names = set(CONTRACT) | set(ROLLOUT)
+    for h in (*CONTRACT_HISTOGRAMS, *ROLLOUT_HISTOGRAMS):
         names.update(f"{h}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
     return names
 
@@ -140,7 +156,7 @@ def test_grafana_provisioning() -> None:
 
 def test_dashboards_exist() -> None:
     titles = {load(p)["title"] for p in DASHBOARDS}
-    assert {"Cost", "Operations"} <= titles
+    assert {"Cost", "Operations", "Model comparison"} <= titles
     uids = [load(p)["uid"] for p in DASHBOARDS]
     assert len(uids) == len(set(uids))
 
@@ -202,6 +218,25 @@ def test_cost_dashboard_shows_both_prices() -> None:
         assert rule in exprs
 
 
+def test_model_comparison_dashboard() -> None:
+    """Per pair (alias, shadow alias): both sides' speed, errors, both prices said apart, agreement, canary."""
+    path = DASHBOARDS[0].parent / "model-comparison.json"
+    dash = load(path)
+    assert [v["name"] for v in dash["templating"]["list"]] == ["alias", "shadow_alias"]
+    panels = {p["title"]: p for p in promql.iter_panels(dash["panels"]) if p["type"] != "row"}
+    list_price = next(p for t, p in panels.items() if "LIST PRICE" in t)
+    gpu_cost = next(p for t, p in panels.items() if "GPU-HOUR COST" in t)
+    assert "marginal" in gpu_cost["description"] and "idle" in gpu_cost["description"].lower()
+    assert "list price" in list_price["description"].lower()
+    assert "oss_deployment_gpu_cost_usd_per_hour" in gpu_cost["targets"][0]["expr"]
+    by_side = [p for t, p in panels.items() if "by side" in t]
+    assert len(by_side) >= 5 and all('shadow_alias=~"$shadow_alias"' in p["targets"][0]["expr"] for p in by_side)
+    names = set()
+    for q in promql.dashboard_queries(path):
+        names |= promql.metric_names(q.expr)
+    assert {f"{h}_bucket" for h in ROLLOUT_HISTOGRAMS} | set(ROLLOUT) <= names
+
+
 def test_operations_dashboard_has_vllm_and_dcgm_panels() -> None:
     names = set()
     for q in promql.dashboard_queries(DASHBOARDS[0].parent / "operations.json"):
@@ -248,6 +283,9 @@ class SyntheticExporter:
         ("fast", "Qwen3-8B", "fast-gpu1", "research", "carol", "true", 0.15, (0.05e-6, 0.2e-6)),
     )
     GPUS = (("smart", "gpt-oss-120b", "smart-gpu0", 2.5), ("fast", "Qwen3-8B", "fast-gpu1", 1.2))
+    PAIR = ("smart", "smart-next")  # primary alias, shadow alias
+    SIDES = {"primary": (1.0, 0.25), "shadow": (0.8, 0.15)}  # typical latency, TTFT (seconds)
+    CANARY_STEPS = (1, 5, 25, 50, 100)
     # typical seconds per alias, and histogram buckets, of each latency histogram
     LATENCY = {
         "oss_request_duration_seconds": ({"smart": 1.2, "fast": 0.35}, (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16)),
@@ -278,6 +316,19 @@ class SyntheticExporter:
         self.reloads = Counter("oss_config_reloads", "", ("result",), registry=g)
         self.redis_up = Gauge("oss_redis_up", "", ["store"], registry=g)
         self.cache_errors = Counter("oss_cache_errors", "", ("op",), registry=g)
+        self.shadow_requests = Counter("oss_shadow_requests", "", ROLLOUT["oss_shadow_requests_total"], registry=g)
+        self.compare = {name: Counter(name.removesuffix("_total"), "", labels, registry=g)
+                        for name, labels in ROLLOUT.items() if name.startswith("oss_compare_")}
+        self.compare_hist = {
+            "oss_compare_duration_seconds": Histogram("oss_compare_duration_seconds", "", PAIR_SIDE, registry=g,
+                                                      buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8)),
+            "oss_compare_ttft_seconds": Histogram("oss_compare_ttft_seconds", "", PAIR_SIDE, registry=g,
+                                                  buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1)),
+            "oss_compare_agreement": Histogram("oss_compare_agreement", "", ROLLOUT_HISTOGRAMS["oss_compare_agreement"],
+                                               registry=g, buckets=tuple(i / 10 for i in range(1, 11))),
+        }
+        self.canary_percent = Gauge("oss_canary_percent", "", ROLLOUT["oss_canary_percent"], registry=g)
+        self.canary_steps = Counter("oss_canary_steps", "", ROLLOUT["oss_canary_steps_total"], registry=g)
         self.histograms = {
             name: Histogram(name, "", labels, registry=g, buckets=self.LATENCY[name][1])
             for name, labels in CONTRACT_HISTOGRAMS.items()
@@ -346,11 +397,45 @@ class SyntheticExporter:
                 self.fb_used.labels(*dcgm).set(used)
                 self.fb_free.labels(*dcgm).set(81559 - used)
                 self.gpu_util.labels(*dcgm).set(min(100, round(55 * load)))
+        self.tick_rollout()
         self.fallbacks.labels("smart", "fast", "upstream_error").inc(int(rng.random() < 0.05))
         self.reloads.labels("ok").inc(int(rng.random() < 0.01))
         self.reloads.labels("rejected").inc(0)
         self.redis_up.labels("cache").set(1)
         self.cache_errors.labels("get").inc(0)
+
+    def tick_rollout(self) -> None:
+        """Shadow traffic of smart to smart-next and a canary of smart-next stepping through its shares."""
+        rng = self.rng
+        alias, shadow = self.PAIR
+        n = 1 + round(3 * self.wave(0.5))
+        dropped = int(rng.random() < 0.2)
+        errors = {"primary": int(rng.random() < 0.05), "shadow": int(rng.random() < 0.15)}
+        self.shadow_requests.labels(alias, shadow, "ok").inc(n - errors["shadow"])
+        self.shadow_requests.labels(alias, shadow, "error").inc(errors["shadow"])
+        self.shadow_requests.labels(alias, shadow, "dropped").inc(dropped)
+        for side, (latency, ttft) in self.SIDES.items():
+            labels = (alias, shadow, side)
+            pin, pout = (0.15e-6, 0.6e-6) if side == "primary" else (0.1e-6, 0.4e-6)
+            p, c = 420 * n, 130 * n
+            self.compare["oss_compare_prompt_tokens_total"].labels(*labels).inc(p)
+            self.compare["oss_compare_completion_tokens_total"].labels(*labels).inc(c)
+            self.compare["oss_compare_cost_usd_total"].labels(*labels).inc(p * pin + c * pout)
+            self.compare["oss_compare_errors_total"].labels(*labels).inc(errors[side])
+            for _ in range(n):
+                self.compare_hist["oss_compare_duration_seconds"].labels(*labels).observe(
+                    latency * rng.lognormvariate(0, 0.3))
+                self.compare_hist["oss_compare_ttft_seconds"].labels(*labels).observe(ttft * rng.lognormvariate(0, 0.3))
+        for method, typical in (("exact", 0.9), ("lexical", 0.7)):
+            for _ in range(n):
+                self.compare_hist["oss_compare_agreement"].labels(alias, shadow, method).observe(
+                    min(1.0, max(0.0, rng.gauss(typical, 0.15))))
+        step = (self.scrapes // 20) % len(self.CANARY_STEPS)
+        self.canary_percent.labels(alias, shadow).set(self.CANARY_STEPS[step])
+        if self.scrapes % 20 == 0:
+            action = "complete" if step == len(self.CANARY_STEPS) - 1 else "advance"
+            self.canary_steps.labels(alias, shadow, action).inc()
+        self.canary_steps.labels(alias, shadow, "abort").inc(0)
 
     def exposition(self, path: str) -> bytes | None:
         registry = {"/metrics": self.gateway, "/vllm/metrics": self.vllm, "/dcgm/metrics": self.dcgm}.get(path)
@@ -412,7 +497,8 @@ def test_every_dashboard_expression_and_recording_rule_returns_data(prometheus_u
 
 def test_synthetic_metrics_follow_the_contract(prometheus_url: str) -> None:
     """The exporter itself has the contract's label names (so the test above proves the contract)."""
-    for name, labels in {**CONTRACT, **{f"{h}_bucket": (*ls, "le") for h, ls in CONTRACT_HISTOGRAMS.items()}}.items():
+    histograms = {**CONTRACT_HISTOGRAMS, **ROLLOUT_HISTOGRAMS}
+    for name, labels in {**CONTRACT, **ROLLOUT, **{f"{h}_bucket": (*ls, "le") for h, ls in histograms.items()}}.items():
         series = promql.instant_query(prometheus_url, f"{name}[1h]")
         assert series, name
         got = set(series[0]["metric"]) - {"__name__", "job", "instance"}
