@@ -74,7 +74,8 @@ class Fetched:
 
 
 def fetch(url: str, key: str, since_s: float, limit: int, timeout: float = 60.0) -> Fetched:
-    """The records of the last `since_s` seconds (oldest first); raises CompareError with the reason."""
+    """The records of the last `since_s` seconds (oldest first; the newest `limit` when `truncated`); raises
+    CompareError with the reason."""
     query = urllib.parse.urlencode({"since": f"{since_s:g}", "limit": str(limit)})
     endpoint = f"{url.rstrip('/')}/admin/comparisons?{query}"
     req = urllib.request.Request(endpoint, headers={"Authorization": f"Bearer {key}",
@@ -141,8 +142,8 @@ def run(args: argparse.Namespace) -> int:
     subtitle = (f"{len(fetched.records)} comparison records from {_when(first)} to {_when(last)} "
                 f"({url}, --since {args.since})")
     if fetched.truncated:
-        print(f"gateway compare: warning: only the oldest {len(fetched.records)} records of the window were "
-              "returned (--limit); the report covers those", file=sys.stderr)
+        print(f"gateway compare: warning: more records than --limit in the window: the report covers the newest "
+              f"{len(fetched.records)}", file=sys.stderr)
     if args.json:
         json.dump({"since_s": since, "truncated": fetched.truncated, "records": len(fetched.records),
                    "pairs": [p.to_dict() for p in pairs]}, sys.stdout, indent=2)
