@@ -1,6 +1,7 @@
 """A live metrics stack for tests and dashboard renders: vLLM-like simulators (also serving vLLM's and
-dcgm-exporter's metric names), a gateway with a Redis-backed cache, traffic of every kind, and a real
-Prometheus scraping them every second with the shipped recording and alert rules."""
+dcgm-exporter's metric names), a gateway with a Redis-backed cache, a shadow and a canary (docs/rollout.md),
+traffic of every kind, and a real Prometheus scraping them every second with the shipped recording and alert
+rules."""
 
 from __future__ import annotations
 
@@ -95,9 +96,14 @@ def live_stack(workdir: Path, redis_url: str, workers: int = 2) -> Iterator[Stac
             deployment("fast", sims[1], MODELS[1], id="fast-gpu1", **PRICES),
             deployment("long", sims[2], MODELS[2], id="long-gpu2", **PRICES),
             deployment("flaky", broken, "flaky-model", id="flaky-gpu9", **PRICES),
+            # the candidate of a model change (docs/rollout.md): smart's traffic mirrored to it, long's moving to it
+            deployment("smart-next", sims[1], MODELS[1], id="smart-next-gpu3", **PRICES),
         ],
         "router_settings": {"num_retries": 1, "allowed_fails": 1, "cooldown_time": 2,
-                            "fallbacks": [{"flaky": ["fast"]}]},
+                            "fallbacks": [{"flaky": ["fast"]}],
+                            "shadow": {"smart": {"to": "smart-next", "share": 100, "max_concurrency": 2}},
+                            "canary": {"long": {"to": "smart-next", "steps": [10, 50], "every": "2s",
+                                                "min_requests": 1}}},
         "litellm_settings": {"cache": True, "cache_params": {"type": "redis", "ttl": 600, "namespace": "live"}},
     }
     workdir.mkdir(parents=True, exist_ok=True)
