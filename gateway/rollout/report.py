@@ -338,13 +338,13 @@ def _plot_section(fig: Any, sec: Section) -> None:
         ax.set_xticks(range(1, len(labels) + 1), labels)
         ax.set_ylabel("seconds")
 
-    def bars(ax: Any, title: str, values: Sequence[float | None], unit: str) -> None:
+    def bars(ax: Any, title: str, values: Sequence[float | None], unit: str, top: float | None = None) -> None:
         ax.set_title(title, fontsize=9)
         heights = [0.0 if v is None else v for v in values]
         drawn = ax.bar(range(len(labels)), heights, color=colors)
         ax.bar_label(drawn, labels=["n/a" if v is None else f"{v:.3g}" for v in values], fontsize=7)
         ax.set_xticks(range(len(labels)), labels)
-        ax.set_ylim(0, 1.15 * max(heights) or 1.0)
+        ax.set_ylim(0, top or 1.15 * max(heights) or 1.0)
         ax.set_ylabel(unit)
 
     distribution(axes[0], "latency (successful calls)",
@@ -370,7 +370,7 @@ def _plot_section(fig: Any, sec: Section) -> None:
     ax = axes[5]
     if sec.bars is not None:
         title, values = sec.bars
-        bars(ax, title, [None if v is None else 100 * v for v in values], "%")
+        bars(ax, title, [None if v is None else 100 * v for v in values], "%", top=105.0)
     elif sec.histogram is not None:
         title, scores = sec.histogram
         ax.set_title(f"{title} ({len(scores)} scored)", fontsize=9)
