@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from gateway.rollout import schema
+from gateway.rollout.evaluate import Options, Prices, run_items
 from gateway.rollout.golden import Check, GoldenError, parse_golden, score
 from tests.helpers import deployment, sim_set
 from tests.procs import Proc, free_port
@@ -280,3 +282,45 @@ def test_eval_counts_upstream_failures_as_errors(golden: Path, tmp_path: Path, m
     summary = doc["summary"]["broken"]
     assert (summary["n"], summary["errors"], summary["passed"]) == (len(GOLDEN), len(GOLDEN), 0)
     assert all(a["error"].startswith("http_502") and a["reason"] == a["error"] for a in doc["answers"])
+
+
+# -- answers that are not chat completions ----------------------------------------------------------------
+
+
+BAD_ANSWERS: dict[str, tuple[bytes, str]] = {  # alias -> (body, what the error says)
+    "list": (b"[1, 2]", "bad_answer: AttributeError"),
+    "text": (b"<html>oops</html>", "bad_answer: JSONDecodeError"),
+    "choices": (b'{"choices": "x", "usage": {"prompt_tokens": "many"}}', "bad_answer"),
+    "sse-string": (b'data: "just a string"\n\n', "bad_answer: AttributeError"),
+    "sse-error": (b'data: {"error": "boom"}\n\n', "stream_error: boom"),
+    "sse-long": (b"data: " + b"x" * (4 * 1024 * 1024) + b"\n\n", "bad_answer"),
+}
+
+
+async def test_answers_that_are_not_chat_completions_are_errors_of_that_call() -> None:
+    """Whatever an (OpenAI-compatible) server answers, each call ends with an error of its own, never the run."""
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": a} for a in BAD_ANSWERS]})
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body, _ = BAD_ANSWERS[(await request.json())["model"]]
+        return web.Response(body=body, content_type="text/event-stream" if body.startswith(b"data:") else "text/plain")
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        items = parse_golden(line(contains="x"), "g.jsonl")
+        plain = await run_items(items, Options(f"http://127.0.0.1:{port}", None, tuple(a for a in BAD_ANSWERS
+                                                                                 if not a.startswith("sse"))), Prices())
+        streamed = await run_items(items, Options(f"http://127.0.0.1:{port}", None, tuple(
+            a for a in BAD_ANSWERS if a.startswith("sse")), stream=True), Prices())
+    finally:
+        await runner.cleanup()
+    for answer in plain + streamed:
+        assert answer.error is not None and answer.error.startswith(BAD_ANSWERS[answer.alias][1]), answer
+        assert not answer.passed and answer.reason == answer.error

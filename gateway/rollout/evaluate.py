@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.rollout.golden import GoldenError, GoldenItem, load_golden, score
 from gateway.rollout.report import (
@@ -240,7 +241,8 @@ async def ask(session: aiohttp.ClientSession, opts: Options, alias: str, item: G
                         break
                     chunk = json.loads(payload)
                     if "error" in chunk:
-                        error = f"stream_error: {chunk['error'].get('message', chunk['error'])}"
+                        err = chunk["error"]
+                        error = f"stream_error: {err.get('message', err) if isinstance(err, dict) else err}"
                         break
                     model = model or str(chunk.get("model") or "")
                     content, generated = _delta_text(chunk)
@@ -255,8 +257,10 @@ async def ask(session: aiohttp.ClientSession, opts: Options, alias: str, item: G
         error = f"connect: {exc.os_error}"
     except aiohttp.ClientError as exc:
         error = f"client_error: {type(exc).__name__}: {exc}"
-    except ValueError as exc:  # JSON of the answer, an oversized answer or line
-        error = f"bad_answer: {exc}"
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, HttpProcessingError) as exc:
+        # not JSON, not the shape of a chat completion, an oversized answer or SSE line (LineTooLong): this
+        # call's error
+        error = f"bad_answer: {type(exc).__name__}: {exc}"
     latency = time.perf_counter() - t0
     return Reply(status, deployment, model, latency, ttft if error is None else None, prompt, completion,
                  "".join(text), error)
