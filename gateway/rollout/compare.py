@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import urllib.error
 import urllib.parse
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.rollout.client import error_message, gateway_url
+from gateway.rollout.options import parse_duration
 from gateway.rollout.records import Comparison
 from gateway.rollout.report import (
     ReportError,
@@ -32,11 +33,7 @@ from gateway.rollout.report import (
     write_report,
 )
 
-DEFAULT_URL = "http://127.0.0.1:4000"
-DEFAULT_LIMIT = 100_000
 MAX_BYTES = 256 * 1024 * 1024  # the most of an answer read (a record is ~600 bytes)
-_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class CompareError(Exception):
@@ -44,19 +41,11 @@ class CompareError(Exception):
 
 
 def parse_since(text: str) -> float:
-    """`30s`, `10m`, `1h`, `2d` or plain seconds -> seconds (> 0)."""
-    m = _SINCE.match(text)
-    if not m or float(m.group(1)) <= 0:
+    """`30s`, `10m`, `1h`, `2d` or plain seconds -> seconds (> 0), as router.yaml's durations."""
+    seconds = parse_duration(text)
+    if not seconds:
         raise ValueError(f"--since must be a duration like 30s, 10m, 1h, 2d or seconds; got {text!r}")
-    return float(m.group(1)) * _UNIT[m.group(2)]
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-        return str(data["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return body[:200].decode("utf-8", "replace").strip()
+    return seconds
 
 
 def read_bounded(resp: Any, limit: int = MAX_BYTES) -> bytes:
@@ -84,7 +73,7 @@ def fetch(url: str, key: str, since_s: float, limit: int, timeout: float = 60.0)
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the user's own gateway URL
             body = read_bounded(resp)
     except urllib.error.HTTPError as exc:
-        detail = _error_message(exc.read(64 * 1024))
+        detail = error_message(exc.read(64 * 1024))
         if exc.code == 401:
             raise CompareError(f"{url}: 401 unauthorized ({detail}): pass the master key with --key or "
                                "GATEWAY_MASTER_KEY") from None
@@ -120,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if not key:
         print("gateway compare: no master key: pass --key or set GATEWAY_MASTER_KEY", file=sys.stderr)
         return 2
-    url = args.url or os.environ.get("GATEWAY_URL") or DEFAULT_URL
+    url = gateway_url(args.url)
     if args.html or args.png:
         try:
             require_matplotlib()

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.rollout.client import error_message, gateway_url
 from gateway.rollout.golden import GoldenError, GoldenItem, load_golden, score
 from gateway.rollout.report import (
     ReportError,
@@ -41,7 +42,6 @@ from gateway.rollout.report import (
     write_report,
 )
 
-DEFAULT_URL = "http://127.0.0.1:4000"
 MAX_BODY = 32 * 1024 * 1024  # the most of one answer read
 
 
@@ -176,14 +176,6 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_BODY) -> 
     return b"".join(chunks)
 
 
-def _error_message(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-        return str(data["error"]["message"])[:300]
-    except (ValueError, KeyError, TypeError):
-        return body[:300].decode("utf-8", "replace").strip()
-
-
 def _usage(data: Mapping[str, Any]) -> tuple[int, int]:
     usage = data.get("usage")
     if not isinstance(usage, Mapping):
@@ -222,7 +214,7 @@ async def ask(session: aiohttp.ClientSession, opts: Options, alias: str, item: G
             status = resp.status
             deployment = resp.headers.get("x-gateway-deployment", "")
             if status >= 400:
-                error = f"http_{status}: {_error_message(await resp.content.read(64 * 1024))}"
+                error = f"http_{status}: {error_message(await resp.content.read(64 * 1024))}"
             elif not opts.stream:
                 data = json.loads(await _read_bounded(resp))
                 model = str(data.get("model") or "")
@@ -276,10 +268,10 @@ async def preflight(session: aiohttp.ClientSession, opts: Options) -> None:
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise EvalError(f"cannot reach the gateway at {opts.url} ({exc}): is it running? (--url)") from None
     if status == 401:
-        raise EvalError(f"{opts.url}: 401 unauthorized ({_error_message(body)}): pass an API key with --key "
+        raise EvalError(f"{opts.url}: 401 unauthorized ({error_message(body)}): pass an API key with --key "
                         "or GATEWAY_MASTER_KEY")
     if status != 200:
-        raise EvalError(f"{opts.url}: GET /v1/models answered HTTP {status} ({_error_message(body)})")
+        raise EvalError(f"{opts.url}: GET /v1/models answered HTTP {status} ({error_message(body)})")
     try:
         served = {str(m["id"]) for m in json.loads(body)["data"]}
     except (ValueError, KeyError, TypeError):
@@ -406,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
             require_matplotlib()
         except ReportError as exc:
             return _fail(str(exc))
-    opts = Options(url=(args.url or os.environ.get("GATEWAY_URL") or DEFAULT_URL).rstrip("/"),
+    opts = Options(url=gateway_url(args.url),
                    key=args.key or os.environ.get("GATEWAY_MASTER_KEY") or None, aliases=aliases,
                    concurrency=args.concurrency, stream=args.stream, max_tokens=args.max_tokens,
                    temperature=args.temperature, timeout=args.timeout)
