@@ -294,6 +294,7 @@ BAD_ANSWERS: dict[str, tuple[bytes, str]] = {  # alias -> (body, what the error 
     "sse-string": (b'data: "just a string"\n\n', "bad_answer: AttributeError"),
     "sse-error": (b'data: {"error": "boom"}\n\n', "stream_error: boom"),
     "sse-long": (b"data: " + b"x" * (4 * 1024 * 1024) + b"\n\n", "bad_answer"),
+    "sse-cut": (b'data: {"choices": [{"delta": {"content": "x"}}]}\n\n', "stream_truncated"),
 }
 
 

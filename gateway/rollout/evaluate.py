@@ -222,15 +222,18 @@ async def ask(session: aiohttp.ClientSession, opts: Options, alias: str, item: G
                 choices = data.get("choices") or [{}]
                 text.append(str((choices[0].get("message") or {}).get("content") or ""))
             else:
-                while True:
-                    line = await resp.content.readline()  # ValueError past aiohttp's line bound
+                done = False
+                while not done:
+                    line = await resp.content.readline()  # LineTooLong past aiohttp's bound
                     if not line:
+                        error = "stream_truncated: the stream ended without data: [DONE]"
                         break
                     if not line.startswith(b"data:"):
                         continue
                     payload = line[5:].strip()
                     if payload == b"[DONE]":
-                        break
+                        done = True
+                        continue
                     chunk = json.loads(payload)
                     if "error" in chunk:
                         err = chunk["error"]
@@ -286,9 +289,8 @@ async def preflight(session: aiohttp.ClientSession, opts: Options) -> None:
 async def run_items(items: Sequence[GoldenItem], opts: Options, prices: Prices,
                     on_done: Callable[[], None] | None = None) -> list[Answer]:
     """Every item sent to every alias (bounded concurrency); answers in (item, alias) order."""
-    limit = asyncio.Semaphore(opts.concurrency)
-    connector = aiohttp.TCPConnector(limit=opts.concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    limit = asyncio.Semaphore(opts.concurrency)  # taken before the clock starts: no call times another's wait
+    async with aiohttp.ClientSession() as session:
         await preflight(session, opts)
 
         async def one(item: GoldenItem, alias: str) -> Answer:
