@@ -72,6 +72,8 @@ def gateway_config(sim: Proc) -> dict[str, Any]:
             deployment("embed", sim, "sim-embed", **prices),
         ],
         "litellm_settings": {"cache": True, "cache_params": {"type": "local"}},
+        # every hostile body `fast` admits is mirrored too: a shadow call must survive what the primary does
+        "router_settings": {"shadow": {"fast": {"to": "smart", "share": 100, "max_concurrency": 4}}},
     }
 
 

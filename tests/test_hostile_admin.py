@@ -53,6 +53,8 @@ GETS: dict[str, tuple[str, ...]] = {  # path -> its query parameters
     "/models": (),
     "/health/deployments": (),
     "/metrics": (),
+    "/admin/comparisons": ("since", "limit"),
+    "/admin/canary": (),
 }
 
 # fields of the admin schemas (gateway/keys/models.py), with values an operator could rightly send
@@ -157,7 +159,8 @@ def test_random_admin_requests(stack: Stack, client: httpx.Client, budget: Budge
 
 def test_random_queries_methods_and_paths(stack: Stack, client: httpx.Client, budget: Budget) -> None:
     seen: Counter[int] = Counter()
-    everything = (*POSTS, *GETS, "/cache", "/admin/reload", "/v1/models/smart", "/openapi.json", "/nope",
+    everything = (*POSTS, *GETS, "/cache", "/admin/reload", "/admin/canary/smart/abort",
+                  "/admin/canary/smart/bogus", "/admin/canary/%00/restart", "/v1/models/smart", "/openapi.json", "/nope",
                   "/key/../admin/reload", "/v1/chat/completions/")
 
     @HOSTILE
