@@ -5,6 +5,7 @@ gateway's whole process tree every 30 s.
     python bench/soak.py --minutes 2 --rate 50             # a short run
     python bench/soak.py --workers 4 --minutes 2           # the 4-worker memory figure
     python bench/soak.py --no-cache                        # the same load with the cache off
+    python bench/soak.py --shadow 20 --minutes 4           # with 20% of the traffic mirrored
 
 Starts on free ports (bench/_procs.py, every child in its own process group): a `redis-server` (db 0:
 the cache, db 1: keys and limits), the upstream simulator and `gateway serve --workers N` with
@@ -274,11 +275,14 @@ class Soak:
         cache_params: dict[str, Any] = {"type": "redis-semantic", "ttl": self.a.ttl}
         if self.a.max_entries:
             cache_params["max_entries"] = self.a.max_entries
-        cfg = {"model_list": [{"model_name": "smart", "litellm_params": {
+        cfg: dict[str, Any] = {"model_list": [{"model_name": name, "litellm_params": {
                    "model": "openai/sim-model", "api_base": f"http://127.0.0.1:{sim_port}/v1"},
-                   "model_info": {"input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}}],
+                   "model_info": {"input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}}
+                   for name in ("smart", "smart-next")],
                "litellm_settings": {"cache": not self.a.no_cache, "cache_params": cache_params},
                "general_settings": {"master_key": MASTER}}
+        if self.a.shadow:  # a share of smart mirrored to smart-next: shadow tasks, records, agreement
+            cfg["router_settings"] = {"shadow": {"smart": {"to": "smart-next", "share": self.a.shadow}}}
         path = self.work / "router.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.gw_port = free_port()
@@ -433,6 +437,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-cache", action="store_true", help="the same load with cache: false")
     ap.add_argument("--repeat", type=float, default=0.15, help="share of exact repeats of a recent prompt")
     ap.add_argument("--paraphrase", type=float, default=0.10, help="share of paraphrases of a recent prompt")
+    ap.add_argument("--shadow", type=float, default=0.0, help="percent of smart mirrored to smart-next")
     ap.add_argument("--keys", type=int, default=8)
     ap.add_argument("--teams", type=int, default=2)
     ap.add_argument("--interval", type=float, default=30.0, help="seconds between samples")

@@ -72,7 +72,7 @@ class Gateway:
                                                     socket_connect_timeout=settings.state_redis_timeout)
         store: CanaryStore = (RedisCanaryStore(self._rollout_redis, settings.state_key_prefix)
                               if self._rollout_redis is not None else LocalCanaryStore())
-        self.comparisons = ComparisonLog(self._rollout_redis, settings.state_key_prefix)
+        self.comparisons = ComparisonLog(self._rollout_redis, settings.state_key_prefix, settings.comparison_records)
         self.canaries = Canaries(lambda: self.config.router.canary, store,
                                  lambda alias, to, action: self.metrics.canary_steps.labels(alias, to, action).inc(),
                                  tick=settings.canary_tick)

@@ -57,4 +57,7 @@ class Settings(BaseSettings):
                                                                    "caps them")
     canary_tick: float = Field(1.0, gt=0, le=60, description="seconds between canary evaluations (flush "
                                                              "outcomes, judge the step, advance or abort)")
+    comparison_records: int = Field(100_000, ge=100, le=10_000_000, description="shadow comparison records "
+                                    "kept in the state Redis stream, newest (about 700 bytes each); without "
+                                    "Redis each worker keeps 20,000")
     admin_max_body_bytes: int = Field(65536, ge=1024, description="larger admin request bodies get 413")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,19 +99,28 @@ def _target(raw: Mapping[str, Any], path: str, problems: list[str]) -> str | Non
     return to
 
 
-def parse_shadow(raw: Any, path: str) -> tuple[dict[str, ShadowOptions], list[str]]:
-    problems: list[str] = []
-    out: dict[str, ShadowOptions] = {}
+def _per_alias(raw: Any, path: str, known: set[str], example: str, problems: list[str]
+               ) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    """(alias, its YAML path, its options) of a section `alias -> {to, ...}`, each checked for unknown keys."""
     if raw is None:
-        return out, problems
+        return
     if not isinstance(raw, Mapping):
-        return out, [f"{path}: must be a mapping of alias -> {{to, share}}"]
+        problems.append(f"{path}: must be a mapping of alias -> {example}")
+        return
     for alias, opts in raw.items():
         p = f"{path}.{alias}"
         if not isinstance(opts, Mapping):
-            problems.append(f"{p}: must be a mapping like {{to: smart-next, share: 10}}")
+            problems.append(f"{p}: must be a mapping like {example}")
             continue
-        _unknown(opts, {"to", "share", "stream", "max_concurrency", "timeout", "judge"}, p, problems)
+        _unknown(opts, known, p, problems)
+        yield str(alias), p, opts
+
+
+def parse_shadow(raw: Any, path: str) -> tuple[dict[str, ShadowOptions], list[str]]:
+    problems: list[str] = []
+    out: dict[str, ShadowOptions] = {}
+    for alias, p, opts in _per_alias(raw, path, {"to", "share", "stream", "max_concurrency", "timeout", "judge"},
+                                     "{to: smart-next, share: 10}", problems):
         to = _target(opts, p, problems)
         share = _num(opts.get("share", 100), f"{p}.share", problems, 0, 100)
         stream = opts.get("stream", "as_primary")
@@ -131,7 +140,7 @@ def parse_shadow(raw: Any, path: str) -> tuple[dict[str, ShadowOptions], list[st
             problems.append(f"{p}.judge: must be an alias")
             judge = None
         if to is not None and share is not None and conc is not None and stream in STREAM_MODES:
-            out[str(alias)] = ShadowOptions(to=to, share=share, stream=str(stream), max_concurrency=int(conc),
+            out[alias] = ShadowOptions(to=to, share=share, stream=str(stream), max_concurrency=int(conc),
                                             timeout=t, judge=judge)
     return out, problems
 
@@ -139,16 +148,8 @@ def parse_shadow(raw: Any, path: str) -> tuple[dict[str, ShadowOptions], list[st
 def parse_canary(raw: Any, path: str) -> tuple[dict[str, CanaryOptions], list[str]]:
     problems: list[str] = []
     out: dict[str, CanaryOptions] = {}
-    if raw is None:
-        return out, problems
-    if not isinstance(raw, Mapping):
-        return out, [f"{path}: must be a mapping of alias -> {{to, steps, every}}"]
-    for alias, opts in raw.items():
-        p = f"{path}.{alias}"
-        if not isinstance(opts, Mapping):
-            problems.append(f"{p}: must be a mapping like {{to: smart-next, steps: [1, 5, 25, 50, 100], every: 10m}}")
-            continue
-        _unknown(opts, {"to", "steps", "every", "min_requests", "abort_if"}, p, problems)
+    for alias, p, opts in _per_alias(raw, path, {"to", "steps", "every", "min_requests", "abort_if"},
+                                     "{to: smart-next, steps: [1, 5, 25, 50, 100], every: 10m}", problems):
         to = _target(opts, p, problems)
         raw_steps = opts.get("steps", [1, 5, 25, 50, 100])
         steps: list[float] = []
@@ -181,6 +182,6 @@ def parse_canary(raw: Any, path: str) -> tuple[dict[str, CanaryOptions], list[st
                 p95_latency_over_ms=None if lat is None else _num(lat, f"{p}.abort_if.p95_latency_over_ms",
                                                                   problems, 0))
         if to is not None and steps and every and mr is not None:
-            out[str(alias)] = CanaryOptions(to=to, steps=tuple(steps), every=every, min_requests=int(mr),
+            out[alias] = CanaryOptions(to=to, steps=tuple(steps), every=every, min_requests=int(mr),
                                             abort_if=abort)
     return out, problems
