@@ -350,3 +350,25 @@ def test_a_conversation_begun_on_the_canary_goes_on_there(make_sim: Callable[...
             r = c.responses.with_raw_response.create(model="smart", input="and?", previous_response_id=rid,
                                                      max_output_tokens=4)
             assert r.headers["x-gateway-deployment"] == dep
+
+
+def test_a_judge_alias_scores_long_answers(make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc]) -> None:
+    primary, shadow, judge = make_sim(), make_sim(), make_sim()
+    sim_set(judge, reply=["0.75"])  # the judge's verdict, whatever it is asked
+    gw = make_gateway({
+        "model_list": [deployment("smart", primary, id="p-1"), deployment("smart-next", shadow, id="s-1"),
+                       deployment("judge", judge, id="j-1", input_cost_per_token=0.001)],
+        "router_settings": {"shadow": {"smart": {"to": "smart-next", "share": 100, "judge": "judge"}}},
+    }, env=env())
+    c = client(gw)
+    c.chat.completions.create(model="smart", messages=MSG, max_tokens=20)  # type: ignore[arg-type]  # long: judged
+    c.chat.completions.create(model="smart", messages=MSG, max_tokens=2)  # type: ignore[arg-type]  # short: exact
+    recs = wait_for(lambda: (r := comparisons(gw)) and len(r) == 2 and r, what="two records")
+    by_len = {r["primary"]["completion_tokens"]: r for r in recs}
+    assert (by_len[20]["agreement"], by_len[20]["method"]) == (0.75, "judge")
+    assert (by_len[2]["agreement"], by_len[2]["method"]) == (1.0, "exact")
+    judged = sim_stats(judge)["last_request"]
+    assert judged["max_tokens"] == 8 and "Answer A" in judged["messages"][1]["content"]
+    text = metrics(gw)  # the judge's tokens are shadow tokens: nobody's spend
+    assert metric_value(text, "oss_token_cost_usd_total", alias="judge", shadow="true") > 0
+    assert metric_value(text, "oss_token_cost_usd_total", alias="judge", shadow="false") == 0
