@@ -173,6 +173,12 @@ class GatewayConfig:
         for name, table in (("fallbacks", r.fallbacks), ("context_window_fallbacks", r.context_window_fallbacks)):
             for src, dst in table.items():
                 lines.append(f"{name}: {src} -> {', '.join(dst)}")
+        for src, sh in r.shadow.items():
+            lines.append(f"shadow: {src} -> {sh.to} ({sh.share:g}% of requests, at most {sh.max_concurrency} "
+                         f"in flight per worker)")
+        for src, ca in r.canary.items():
+            lines.append(f"canary: {src} -> {ca.to} (steps {'/'.join(f'{x:g}' for x in ca.steps)}%, every "
+                         f"{ca.every:g}s)")
         lines.append(f"cache: {'on (' + self.cache.type + ')' if self.cache.enabled else 'off'}")
         lines.append(f"auth: {'master key set' if self.master_key else 'open (no master_key)'}")
         return "\n".join(lines)

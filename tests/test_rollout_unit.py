@@ -46,6 +46,9 @@ def test_shadow_and_canary_parse_with_defaults() -> None:
     assert ca.steps == (1, 5, 25, 50, 100) and ca.every == 600 and ca.min_requests == 20
     assert ca.abort_if == AbortIf(0.02, 1500, None)
     assert cfg(shadow={"smart": {"to": "next-gpu2", "share": 100, "stream": False}}).router.shadow["smart"].stream == "false"
+    lines = c.describe().splitlines()  # what `gateway check` prints
+    assert "shadow: smart -> smart-next (10% of requests, at most 8 in flight per worker)" in lines
+    assert "canary: smart -> smart-next (steps 1/5/25/50/100%, every 600s)" in lines
 
 
 @pytest.mark.parametrize(("router", "path"), [
