@@ -187,12 +187,23 @@ class Gateway:
         return cache
 
     def _agreement_embedder(self) -> Any:
-        """How shadow comparisons embed long answers: the cache's sentence embedder when it runs in this
-        process (else agreement falls back to word overlap; nothing is loaded for it)."""
+        """How shadow comparisons embed long answers: with the semantic cache's embedder, in this process or in
+        the replica's cache process (several workers); without a semantic cache agreement falls back to word
+        overlap (nothing is loaded for it)."""
         cache = self.cache
-        if cache is None or not cache.semantic or cache.remote is not None:
+        if cache is None or not cache.semantic:
             return None
-        return lambda texts: cache.embedder.embed(texts)
+
+        async def embed(texts: list[str]) -> Any:
+            import numpy as np
+
+            if cache.sem is None:
+                raise RuntimeError("the cache has not started")
+            rows = [np.frombuffer(await cache.sem.embed(t), dtype="<f2").astype(np.float32) for t in texts]
+            vectors = np.vstack(rows)
+            return vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12)
+
+        return embed
 
     def _engine_targets(self) -> list[EngineTarget]:
         """The deployments whose engine metrics the router reads: every native one under engine-aware."""

@@ -372,3 +372,27 @@ def test_a_judge_alias_scores_long_answers(make_sim: Callable[..., Proc], make_g
     text = metrics(gw)  # the judge's tokens are shadow tokens: nobody's spend
     assert metric_value(text, "oss_token_cost_usd_total", alias="judge", shadow="true") > 0
     assert metric_value(text, "oss_token_cost_usd_total", alias="judge", shadow="false") == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])  # the embedder in the worker / in the replica's cache process
+def test_long_answers_agree_by_the_caches_embeddings(make_sim: Callable[..., Proc], make_gateway: Callable[..., Proc],
+                                                     workers: int) -> None:
+    primary, shadow = make_sim(), make_sim()
+    gw = make_gateway({
+        "model_list": [deployment("smart", primary, id="p-1"), deployment("smart-next", shadow, id="s-1")],
+        "router_settings": {"shadow": {"smart": {"to": "smart-next", "share": 100}}},
+        "litellm_settings": {"cache": True, "cache_params": {"type": "local-semantic"}},
+    }, env=env(), workers=workers)
+    c = client(gw)
+    words = "the gateway mirrors a share of the traffic to a candidate model and compares the answers".split()
+    c.chat.completions.create(model="smart", messages=[{"role": "user", "content": " ".join(words)}],  # type: ignore[arg-type]
+                              max_tokens=len(words))
+    wait_for(lambda: len(comparisons(gw)) == 1, what="the first record")  # before the shadow changes its answer
+    sim_set(shadow, reply=["bananas", "grow", "on", "tall", "plants", "in", "warm", "humid", "tropical", "places",
+                           "near", "the", "equator", "every", "year", "round"])
+    c.chat.completions.create(model="smart", messages=[{"role": "user", "content": " ".join(reversed(words))}],  # type: ignore[arg-type]
+                              max_tokens=len(words))
+    recs = wait_for(lambda: (r := comparisons(gw)) and len(r) == 2 and r, what="two records")
+    same, other = sorted(recs, key=lambda r: r["ts"])
+    assert same["method"] == other["method"] == "cosine"
+    assert same["agreement"] > 0.99 and other["agreement"] < 0.5, (same["agreement"], other["agreement"])
