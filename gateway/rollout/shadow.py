@@ -44,7 +44,7 @@ from gateway.usage import Usage, usage_tail
 
 log = logging.getLogger("gateway.shadow")
 
-PRIMARY_WAIT_MARGIN = 5.0  # seconds past the primary's own timeout the comparison waits for it
+PRIMARY_WAIT_MARGIN = 5.0  # seconds past the longest deployment timeout the comparison waits for the primary
 USAGE_WAIT = 5.0  # seconds a finished primary's estimated usage may still take (counted off the path)
 
 
@@ -152,8 +152,9 @@ class Shadows:
         self.metrics.child(self.metrics.shadow_requests, alias, shadow_alias,
                            "error" if out.error else "ok").inc()
         try:
-            await asyncio.wait_for(mirror.finished.wait(), (mirror.deployment.timeout if mirror.deployment
-                                                            else config.router.timeout) + PRIMARY_WAIT_MARGIN)
+            # the primary may end on any deployment (retries, fallbacks): wait as long as the longest may take
+            longest = max((d.timeout for d in config.deployments), default=config.router.timeout)
+            await asyncio.wait_for(mirror.finished.wait(), longest + PRIMARY_WAIT_MARGIN)
             if mirror.usage is None and mirror.status < 400:
                 await asyncio.wait_for(mirror.counted.wait(), USAGE_WAIT)
         except TimeoutError:
